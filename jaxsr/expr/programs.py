@@ -1,0 +1,454 @@
+"""Batched programs: many expression trees evaluated by one compiled JAX interpreter.
+
+``compile_programs(exprs)`` flattens B trees into one table of operator nodes;
+``evaluate_programs`` computes them in a ``(rows, N)`` value buffer and returns each program's
+value, shape ``(B, N)``.
+
+Layout:
+
+* the buffer starts with the rows of X (one row per dataset and variable), so a variable
+  operand is just a row index and variables are never copied;
+* float constants and fixed numbers (integers, ``pi``) are *scalar operands*, read from the
+  constants array at the point of use, so they take no rows either;
+* then come the operator rows: every operator node of every program, sorted on the host by
+  (height, opcode), where height is the longest path down to a leaf. All nodes of one height
+  depend only on lower heights, and within a height the nodes of one operator are contiguous.
+
+The operator rows are processed in fixed-size *chunks* of ``chunk`` rows, each holding a single
+operator: a ``fori_loop`` (trip count = number of chunks, a runtime value) applies
+``lax.switch(opcode)`` to one chunk at a time, so each operator is computed only where it
+occurs, and any new mix of skeletons with the same padded size reuses the compiled code.
+
+Gradients use a hand-written reverse sweep (``jax.custom_vjp``) over the same chunks: the
+forward pass saves only the value buffer, so the backward pass costs about two forward passes
+and keeps no per-step residuals. Cotangents that are exactly zero (masked points) stay zero
+even where the operator is undefined, so a masked NaN cannot leak into a gradient.
+
+Every row is computed elementwise from its own program's rows, so a NaN or an overflow in one
+program never changes another program's values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.tree_util import register_pytree_node_class
+
+from jaxsr.expr import operators
+from jaxsr.expr.tree import Expr
+
+DEFAULT_CHUNK = 128
+_KIND_VAR, _KIND_CONST, _KIND_FIXED, _KIND_OP = range(4)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramSize:
+    """Padded capacity of a batch; one compiled evaluator serves each (B, size, chunk).
+
+    ``ops`` is the operator-node capacity per program *on average* (the batch holds
+    ``B * ops`` nodes in all; a single program may hold more), ``constants`` the most float
+    constants in one program, and ``depth`` the greatest height of a program (it bounds how
+    many (height, operator) groups the batch can have).
+    """
+
+    ops: int
+    constants: int
+    depth: int
+
+    @staticmethod
+    def fitting(exprs: Sequence[Expr], multiple: int = 4) -> ProgramSize:
+        """The smallest size holding ``exprs``, each field rounded up to ``multiple``."""
+        templates = [_template(e) for e in exprs]
+        up = lambda n: max(multiple, -(-int(n) // multiple) * multiple)
+        return ProgramSize(
+            ops=up(np.ceil(sum(t.n_ops for t in templates) / max(len(templates), 1))),
+            constants=up(max((t.n_consts for t in templates), default=0)),
+            depth=up(max((int(t.height.max(initial=0)) for t in templates), default=0)),
+        )
+
+    def check(self, templates) -> None:
+        total_ops = sum(t.n_ops for t in templates)
+        if total_ops > len(templates) * self.ops:
+            raise ValueError(f"{len(templates)} expressions hold {total_ops} operator nodes; "
+                             f"{self} holds {len(templates) * self.ops}")
+        for i, t in enumerate(templates):
+            if t.n_consts > self.constants or t.height.max(initial=0) > self.depth:
+                raise ValueError(f"expression {i} ({t.n_consts} constants, depth "
+                                 f"{t.height.max(initial=0)}) does not fit {self}")
+
+
+@register_pytree_node_class
+@dataclasses.dataclass
+class Operands:
+    """Where the values of a list of operands come from (any leading shape).
+
+    An operand is an operator node (``node`` >= 0), a variable (``var`` >= 0) of its program's
+    dataset, a float constant (``const`` >= 0, a flat slot ``program * K + k``), or else the
+    fixed number ``value``.
+    """
+
+    node: np.ndarray
+    var: np.ndarray
+    const: np.ndarray
+    value: np.ndarray
+    program: np.ndarray
+
+    def tree_flatten(self):
+        return (self.node, self.var, self.const, self.value, self.program), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    def rows(self, data_index, n_dims, first_node_row, sink):
+        """Buffer row of each operand (``sink`` for scalars)."""
+        var_row = data_index[self.program] * n_dims + self.var
+        return jnp.where(self.var >= 0, var_row,
+                         jnp.where(self.node >= 0, first_node_row + self.node, sink))
+
+    def scalars(self, consts_flat):
+        """Value of each scalar operand, and a mask of which operands are scalars."""
+        is_scalar = (self.var < 0) & (self.node < 0)
+        value = jnp.where(self.const >= 0, consts_flat[jnp.maximum(self.const, 0)],
+                          self.value.astype(consts_flat.dtype))
+        return value, is_scalar
+
+
+@register_pytree_node_class
+@dataclasses.dataclass
+class Programs:
+    """B expressions compiled for the batched interpreter (see the module docstring)."""
+
+    operands: Operands        # (RB + chunk, 2): both operands of each sorted operator node
+    roots: Operands           # (B,): each program's value
+    chunk_start: np.ndarray   # (n_chunk_slots,) first operator node of each chunk
+    chunk_count: np.ndarray   # (n_chunk_slots,) nodes in the chunk (<= chunk)
+    chunk_opcode: np.ndarray  # (n_chunk_slots,) index into operators.FUNCTIONS
+    n_chunks: np.ndarray      # () chunks in use
+    constants: np.ndarray     # (B, K) float64, prefix order
+    constant_mask: np.ndarray # (B, K) bool, slots in use
+    n_variables: np.ndarray   # () 1 + the largest variable index used (0 if none)
+    size: ProgramSize = ProgramSize(4, 4, 4)
+    chunk: int = DEFAULT_CHUNK
+
+    _ARRAYS = ("operands", "roots", "chunk_start", "chunk_count", "chunk_opcode", "n_chunks",
+               "constants", "constant_mask", "n_variables")
+
+    def tree_flatten(self):
+        return tuple(getattr(self, k) for k in self._ARRAYS), (self.size, self.chunk)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children, size=aux[0], chunk=aux[1])
+
+    @property
+    def n_programs(self) -> int:
+        return self.roots.node.shape[0]
+
+    @property
+    def n_node_rows(self) -> int:
+        """Rows for operator nodes, including one chunk of slack at the end."""
+        return self.operands.node.shape[0]
+
+
+# ---------------------------------------------------------------------------- compiling
+
+
+@dataclasses.dataclass(frozen=True)
+class _Template:
+    """One expression's nodes in postorder, as arrays (cached per expression)."""
+
+    kind: np.ndarray      # _KIND_*
+    arg: np.ndarray       # variable index / constant ordinal / opcode
+    fixed: np.ndarray     # value of fixed leaves
+    children: np.ndarray  # (n, 2) local child indices, -1 where absent
+    height: np.ndarray
+    n_ops: int
+    n_consts: int
+    constants: np.ndarray
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _template(expr: Expr) -> _Template:
+    nodes = expr.postorder
+    n = len(nodes)
+    kind, arg = np.zeros(n, np.int8), np.zeros(n, np.int32)
+    fixed, height = np.zeros(n), np.zeros(n, np.int32)
+    children = np.full((n, 2), -1, np.int32)
+    index = {}
+    n_consts = 0
+    for i, node in enumerate(nodes):
+        index[id(node)] = i
+        if node.is_constant:
+            kind[i], arg[i] = _KIND_CONST, n_consts
+            n_consts += 1
+        elif node.variable is not None:
+            kind[i], arg[i] = _KIND_VAR, node.variable
+        elif node.operator.arity == 0:
+            kind[i], fixed[i] = _KIND_FIXED, node.operator.value
+        else:
+            kind[i], arg[i] = _KIND_OP, operators.OPCODE[node.token]
+            kids = [index[id(c)] for c in node.children]
+            children[i, : len(kids)] = kids
+            height[i] = 1 + max(height[k] for k in kids)
+    return _Template(kind, arg, fixed, children, height, int(np.sum(kind == _KIND_OP)),
+                     n_consts, expr.constants())
+
+
+def compile_programs(
+    exprs: Sequence[Expr], size: ProgramSize | None = None, chunk: int = DEFAULT_CHUNK
+) -> Programs:
+    """Compiles expression trees into one ``Programs`` batch (host-side numpy work).
+
+    Args:
+      exprs: the trees; any mix of shapes.
+      size: padded per-program capacity; default ``ProgramSize.fitting(exprs)``. Batches with
+        equal ``(len(exprs), size, chunk)`` share one compiled evaluator.
+      chunk: rows per interpreter step; larger amortises loop overhead, smaller wastes less
+        on the partial chunk that ends each (height, operator) group.
+    """
+    exprs = list(exprs)
+    if not exprs:
+        raise ValueError("compile_programs needs at least one expression")
+    size = size or ProgramSize.fitting(exprs)
+    templates = [_template(e) for e in exprs]
+    size.check(templates)
+    B, K = len(exprs), size.constants
+
+    # Concatenate the templates with per-program offsets.
+    cat = lambda field: np.concatenate([getattr(t, field) for t in templates])
+    lengths = np.array([len(t.kind) for t in templates])
+    program = np.repeat(np.arange(B), lengths).astype(np.int32)
+    offset = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    kind, arg, fixed, height = cat("kind"), cat("arg"), cat("fixed"), cat("height")
+    children = np.where(cat("children") >= 0, cat("children") + offset[:, None], -1)
+
+    # Operator nodes sorted by (height, opcode): chunks are homogeneous and in dependency order.
+    op_nodes = np.flatnonzero(kind == _KIND_OP)
+    order = op_nodes[np.lexsort((arg[op_nodes], height[op_nodes]))]
+    node_index = np.full(len(kind), -1, np.int32)
+    node_index[order] = np.arange(len(order))
+
+    # Every node described as an operand; a missing child (unary) is the scalar 0.
+    as_operand = Operands(
+        node=np.append(node_index, -1),
+        var=np.append(np.where(kind == _KIND_VAR, arg, -1), -1).astype(np.int32),
+        const=np.append(np.where(kind == _KIND_CONST, program * K + arg, -1), -1).astype(np.int32),
+        value=np.append(np.where(kind == _KIND_FIXED, fixed, 0.0), 0.0),
+        program=np.append(program, 0),
+    )
+    RB = B * size.ops
+    kids = children[order]
+    operands = jax.tree.map(
+        lambda a: _pad_rows(a[kids], RB + chunk, fill=0 if a is as_operand.value else -1),
+        as_operand)
+    operands.program = np.where(operands.program < 0, 0, operands.program).astype(np.int32)
+    roots = jax.tree.map(lambda a: a[np.cumsum(lengths) - 1], as_operand)
+
+    starts, counts, opcodes = _chunks(height[order], arg[order], chunk)
+    n_slots = -(-RB // chunk) + min(RB, size.depth * len(operators.FUNCTIONS))
+    pad = lambda a: np.pad(a, (0, n_slots - len(a))).astype(np.int32)
+
+    constants = np.zeros((B, K))
+    mask = np.zeros((B, K), bool)
+    for p, t in enumerate(templates):
+        constants[p, : t.n_consts] = t.constants
+        mask[p, : t.n_consts] = True
+    used = arg[kind == _KIND_VAR]
+    # The interpreter's tables go to the device once; constants stay on the host in float64.
+    tables = jax.device_put((operands, roots, pad(starts), pad(counts), pad(opcodes),
+                             np.int32(len(starts))))
+    return Programs(*tables, constants, mask, np.int32(used.max() + 1 if len(used) else 0),
+                    size=size, chunk=chunk)
+
+
+def _pad_rows(a: np.ndarray, rows: int, fill) -> np.ndarray:
+    out = np.full((rows, *a.shape[1:]), fill, a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+def _chunks(height: np.ndarray, opcode: np.ndarray, chunk: int):
+    """Chunk starts, counts and opcodes over sorted op nodes: one operator per chunk."""
+    n = len(height)
+    if n == 0:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, int)
+    boundary = np.r_[True, (np.diff(height) != 0) | (np.diff(opcode) != 0)]
+    group_start = np.flatnonzero(boundary)
+    group_end = np.r_[group_start[1:], n]
+    per_group = -(-(group_end - group_start) // chunk)
+    group = np.repeat(np.arange(len(group_start)), per_group)
+    within = np.arange(len(group)) - np.repeat(np.cumsum(per_group) - per_group, per_group)
+    starts = group_start[group] + within * chunk
+    counts = np.minimum(chunk, group_end[group] - starts)
+    return starts, counts, opcode[starts]
+
+
+# ---------------------------------------------------------------------------- evaluating
+
+
+def _forward_branch(op: operators.Operator):
+    def run(a, b):
+        return op.apply(jnp, a) if op.arity == 1 else op.apply(jnp, a, b)
+    return run
+
+
+def _backward_branch(op: operators.Operator):
+    def run(a, b, g):
+        if op.arity == 1:
+            _, vjp = jax.vjp(lambda u: op.apply(jnp, u), a)
+            (ga,), gb = vjp(g), jnp.zeros_like(b)
+        else:
+            _, vjp = jax.vjp(lambda u, v: op.apply(jnp, u, v), a, b)
+            ga, gb = vjp(g)
+        masked = g == 0  # a zero cotangent means "not used": keep it zero, never NaN
+        return jnp.where(masked, 0, ga), jnp.where(masked, 0, gb)
+    return run
+
+
+_FORWARD = [_forward_branch(op) for op in operators.FUNCTIONS]
+_BACKWARD = [_backward_branch(op) for op in operators.FUNCTIONS]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """The runtime layout: which buffer rows hold what, for one call."""
+
+    p: Programs
+    consts_flat: jax.Array
+    data_index: jax.Array
+    n_dims: int
+    n_x_rows: int
+
+    @property
+    def sink(self) -> int:  # the last row: never written, read by scalar operands
+        return self.n_x_rows + self.p.n_node_rows - 1
+
+    def operand_values(self, ops: Operands, buf):
+        """Values (…, N) of a set of operands, and their buffer rows."""
+        rows = ops.rows(self.data_index, self.n_dims, self.n_x_rows, self.sink)
+        scalar, is_scalar = ops.scalars(self.consts_flat)
+        return jnp.where(is_scalar[..., None], scalar[..., None], buf[rows]), rows
+
+    def chunk(self, j, buf):
+        """Chunk j: its two operand value blocks (C, N), their rows, output row and mask."""
+        start = self.p.chunk_start[j]
+        ops = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, self.p.chunk),
+                           self.p.operands)
+        values, rows = self.operand_values(ops, buf)
+        valid = (jnp.arange(self.p.chunk) < self.p.chunk_count[j])[:, None]
+        return values[:, 0], values[:, 1], ops, rows, self.n_x_rows + start, valid
+
+
+def _forward_buffer(frame: _Frame, x_rows):
+    p = frame.p
+    buf = jnp.concatenate([x_rows, jnp.zeros((p.n_node_rows, x_rows.shape[1]), x_rows.dtype)])
+
+    def step(j, buf):
+        a, b, _, _, row0, valid = frame.chunk(j, buf)
+        out = lax.switch(p.chunk_opcode[j], _FORWARD, a, b)
+        old = lax.dynamic_slice_in_dim(buf, row0, p.chunk)
+        return lax.dynamic_update_slice_in_dim(buf, jnp.where(valid, out, old), row0, 0)
+
+    return lax.fori_loop(0, p.n_chunks, step, buf)
+
+
+def _make_frame(p, consts, x_rows, data_index, n_dims):
+    return _Frame(p, consts.reshape(-1), data_index, n_dims, x_rows.shape[0])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _evaluate(p: Programs, consts, x_rows, data_index, n_dims):
+    frame = _make_frame(p, consts, x_rows, data_index, n_dims)
+    return frame.operand_values(p.roots, _forward_buffer(frame, x_rows))[0]
+
+
+def _evaluate_fwd(p, consts, x_rows, data_index, n_dims):
+    frame = _make_frame(p, consts, x_rows, data_index, n_dims)
+    buf = _forward_buffer(frame, x_rows)
+    return frame.operand_values(p.roots, buf)[0], (p, consts, x_rows, data_index, buf)
+
+
+def _scatter_cotangent(adj, g_consts, ops: Operands, rows, g):
+    """Adds operand cotangents g (…, N): rows get g, constant slots get sum over points."""
+    adj = adj.at[rows].add(g)  # scalars land in the sink row, which nobody reads
+    slot = jnp.where(ops.const >= 0, ops.const, g_consts.shape[0])
+    return adj, g_consts.at[slot].add(g.sum(axis=-1), mode="drop")
+
+
+def _evaluate_bwd(n_dims, residuals, g):
+    p, consts, x_rows, data_index, buf = residuals
+    frame = _make_frame(p, consts, x_rows, data_index, n_dims)
+    root_rows = p.roots.rows(data_index, n_dims, frame.n_x_rows, frame.sink)
+    carry = _scatter_cotangent(jnp.zeros_like(buf), jnp.zeros_like(frame.consts_flat),
+                               p.roots, root_rows, g)
+
+    def step(k, carry):
+        adj, g_consts = carry
+        j = p.n_chunks - 1 - k
+        a, b, ops, rows, row0, valid = frame.chunk(j, buf)
+        g_out = jnp.where(valid, lax.dynamic_slice_in_dim(adj, row0, p.chunk), 0)
+        ga, gb = lax.switch(p.chunk_opcode[j], _BACKWARD, a, b, g_out)
+        return _scatter_cotangent(adj, g_consts, ops, rows, jnp.stack([ga, gb], axis=1))
+
+    adj, g_consts = lax.fori_loop(0, p.n_chunks, step, carry)
+    zeros = lambda a: (jnp.zeros_like(a) if jnp.issubdtype(a.dtype, jnp.floating)
+                       else np.zeros(a.shape, jax.dtypes.float0))
+    return (jax.tree.map(zeros, p), g_consts.reshape(consts.shape),
+            adj[: frame.n_x_rows], zeros(data_index))
+
+
+_evaluate.defvjp(_evaluate_fwd, _evaluate_bwd)
+
+
+@jax.jit
+def _evaluate_jit(p: Programs, consts, X, data_index):
+    n_sets, n_points, n_dims = X.shape
+    x_rows = jnp.swapaxes(X, 1, 2).reshape(n_sets * n_dims, n_points)
+    return _evaluate(p, consts, x_rows, data_index, n_dims)
+
+
+def evaluate_programs(programs: Programs, X, consts=None, dataset_index=None) -> jax.Array:
+    """Values of every program on its points: ``(B, N)``, NaN where undefined.
+
+    Args:
+      programs: from ``compile_programs``.
+      X: points. ``(N, D)``: every program on the same points. ``(B, N, D)``: program i on
+        ``X[i]``. ``(P, N, D)`` with ``dataset_index`` (B,): program i on
+        ``X[dataset_index[i]]``. Its float dtype is the compute dtype.
+      consts: (B, K) constants to use instead of ``programs.constants``; differentiable
+        (``jax.grad`` works with respect to ``consts`` and ``X``).
+      dataset_index: see ``X``.
+    """
+    X = jnp.asarray(X)
+    if not jnp.issubdtype(X.dtype, jnp.floating):
+        X = X.astype(jnp.float32)
+    B = programs.n_programs
+    if X.ndim == 2:
+        X = X[None]
+        if dataset_index is None:
+            dataset_index = np.zeros(B, np.int32)
+    if X.ndim != 3:
+        raise ValueError(f"X must be (N, D), (B, N, D) or (P, N, D), got shape {X.shape}")
+    if dataset_index is None:
+        if X.shape[0] != B:
+            raise ValueError(f"X holds {X.shape[0]} datasets for {B} programs; "
+                             "pass dataset_index to map programs to datasets")
+        dataset_index = np.arange(B, dtype=np.int32)
+    dataset_index = jnp.asarray(dataset_index, jnp.int32)
+    if dataset_index.shape != (B,):
+        raise ValueError(f"dataset_index must have shape ({B},), got {dataset_index.shape}")
+    n_variables = programs.n_variables
+    if not isinstance(n_variables, jax.core.Tracer) and int(n_variables) > X.shape[2]:
+        raise ValueError(f"programs use x_{int(n_variables) - 1} but X has {X.shape[2]} columns")
+    consts = programs.constants if consts is None else consts
+    consts = jnp.asarray(consts, X.dtype)
+    if consts.shape != programs.constants.shape:
+        raise ValueError(f"consts must have shape {programs.constants.shape}, got {consts.shape}")
+    return _evaluate_jit(programs, consts, X, dataset_index)
