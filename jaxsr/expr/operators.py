@@ -112,16 +112,17 @@ def _function(name, fn, sym, *, latex_name=None, **kw) -> Operator:
     return Operator(
         name, 1, fn, sym,
         Format(f"{name}({{0}})", ATOM, (0,)),
-        Format(latex_name + r"{\left({0}\right)}", ATOM, (0,)),
+        Format(latex_name + r"{{\left({0}\right)}}", ATOM, (0,)),
         **kw,
     )
 
 
 def _leaf(name: str, value: float, sym, latex: str | None = None) -> Operator:
     text_prec = ATOM if value >= 0 else 4  # a negative literal binds like unary minus
+    text = str(sym)  # sympy's spelling ("E", "EulerGamma") so that infix strings sympify
     return Operator(
         name, 0, None, lambda: sym,
-        Format(name, text_prec), Format(latex or name, text_prec), value=value,
+        Format(text, text_prec), Format(latex or name, text_prec), value=value,
     )
 
 

@@ -133,9 +133,9 @@ def float_parts(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         low, high = scaled < 10**PRECISION - 0.5, scaled >= 10**MANTISSA_DIGITS - 0.5
         exp10 = exp10 - low + high
         scaled = a / np.power(10.0, (exp10 - PRECISION).astype(np.float64))
-    mantissa = np.rint(scaled).astype(np.int64)
+        mantissa = np.rint(np.where(np.isfinite(scaled), scaled, 0)).astype(np.int64)
+        frac = scaled - np.floor(scaled)
     exponent = exp10 - PRECISION
-    frac = scaled - np.floor(scaled)
     # Ties at a half, and values just under a decade boundary (9999.5 before renormalising).
     unsure = (np.abs(frac - 0.5) < 1e-6) | (np.abs(scaled - 999.95) < 1e-6)
     unsure |= ~np.isfinite(scaled) | (a < 1e-290)
