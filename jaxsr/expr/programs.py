@@ -43,7 +43,16 @@ from jax.tree_util import register_pytree_node_class
 from jaxsr.expr import operators
 from jaxsr.expr.tree import Expr
 
-DEFAULT_CHUNK = 128
+MAX_CHUNK = 128
+
+
+def default_chunk(n_node_slots: int) -> int:
+    """Chunk rows for a batch: large enough to amortise the loop, small enough that the
+    partial chunk ending each (height, operator) group (~64 groups in a diverse batch)
+    wastes little. A power of two in [8, MAX_CHUNK]."""
+    target = max(n_node_slots // 64, 8)
+    return int(min(MAX_CHUNK, 1 << (target.bit_length() - 1)))
+
 _KIND_VAR, _KIND_CONST, _KIND_FIXED, _KIND_OP = range(4)
 
 
@@ -135,7 +144,7 @@ class Programs:
     constant_mask: np.ndarray # (B, K) bool, slots in use
     n_variables: np.ndarray   # () 1 + the largest variable index used (0 if none)
     size: ProgramSize = ProgramSize(4, 4, 4)
-    chunk: int = DEFAULT_CHUNK
+    chunk: int = MAX_CHUNK
 
     _ARRAYS = ("operands", "roots", "chunk_start", "chunk_count", "chunk_opcode", "n_chunks",
                "constants", "constant_mask", "n_variables")
@@ -202,7 +211,7 @@ def _template(expr: Expr) -> _Template:
 
 
 def compile_programs(
-    exprs: Sequence[Expr], size: ProgramSize | None = None, chunk: int = DEFAULT_CHUNK
+    exprs: Sequence[Expr], size: ProgramSize | None = None, chunk: int | None = None
 ) -> Programs:
     """Compiles expression trees into one ``Programs`` batch (host-side numpy work).
 
@@ -210,8 +219,9 @@ def compile_programs(
       exprs: the trees; any mix of shapes.
       size: padded per-program capacity; default ``ProgramSize.fitting(exprs)``. Batches with
         equal ``(len(exprs), size, chunk)`` share one compiled evaluator.
-      chunk: rows per interpreter step; larger amortises loop overhead, smaller wastes less
-        on the partial chunk that ends each (height, operator) group.
+      chunk: rows per interpreter step; default ``default_chunk(len(exprs) * size.ops)``.
+        Larger amortises loop overhead, smaller wastes less on the partial chunk that ends
+        each (height, operator) group.
     """
     exprs = list(exprs)
     if not exprs:
@@ -220,6 +230,7 @@ def compile_programs(
     templates = [_template(e) for e in exprs]
     size.check(templates)
     B, K = len(exprs), size.constants
+    chunk = chunk or default_chunk(B * size.ops)
 
     # Concatenate the templates with per-program offsets.
     cat = lambda field: np.concatenate([getattr(t, field) for t in templates])

@@ -176,6 +176,15 @@ class Expr:
     def __repr__(self) -> str:
         return f"Expr({self.infix()!r})"
 
+    @staticmethod
+    def from_sympy(expr, names: Sequence[str]) -> Expr:
+        """Converts a sympy expression; ``names[k]`` is the symbol that becomes ``x_k``.
+
+        Every number becomes a float constant (refinable), except small integer exponents,
+        which become structure (``pow2``, ``pow3``, ``inv``, ``sqrt``).
+        """
+        return _from_sympy(sympy.sympify(expr), {str(n): i for i, n in enumerate(names)})
+
     def to_sympy(self, names: Sequence[str] | None = None) -> sympy.Expr:
         """The sympy form; variables are ``sympy.Symbol`` named ``x_k`` or from ``names``."""
         if self.is_constant:
@@ -231,6 +240,66 @@ def _latex_number(value: float, digits: int) -> str:
         mantissa, exponent = text.split("e")
         return rf"{mantissa} \cdot 10^{{{int(exponent)}}}"
     return text
+
+
+# ---------------------------------------------------------------------------- from sympy
+
+_SYMPY_FUNCTIONS = {sympy.exp: "exp", sympy.log: "log", sympy.sin: "sin", sympy.cos: "cos",
+                    sympy.tan: "tan", sympy.asin: "arcsin", sympy.acos: "arccos",
+                    sympy.atan: "arctan", sympy.Abs: "abs"}
+_SYMPY_CONSTANTS = {sympy.pi: "pi", sympy.E: "e", sympy.EulerGamma: "euler_gamma"}
+_SYMPY_POWERS = {2: ("pow2",), 3: ("pow3",), -1: ("inv",), sympy.Rational(1, 2): ("sqrt",),
+                 -2: ("inv", "pow2"), -3: ("inv", "pow3"), sympy.Rational(-1, 2): ("inv", "sqrt")}
+
+
+def _from_sympy(e: sympy.Basic, index: dict[str, int]) -> Expr:
+    if e.is_Symbol:
+        if str(e) not in index:
+            raise ValueError(f"symbol {e} is not among the variable names {list(index)}")
+        return Expr.var(index[str(e)])
+    if e in _SYMPY_CONSTANTS:
+        return Expr(_SYMPY_CONSTANTS[e])
+    if e.is_Number:
+        return Expr.const(float(e))
+    if e.is_Add:
+        terms = [_signed_term(t, index) for t in e.as_ordered_terms()]
+        terms.sort(key=lambda t: t[0])  # a positive term first: "a - b" rather than "-b + a"
+        out = terms[0][1] if not terms[0][0] else Expr.op("mul", Expr.const(-1.0), terms[0][1])
+        for negative, term in terms[1:]:
+            out = Expr.op("sub" if negative else "add", out, term)
+        return out
+    if e.is_Mul:
+        return _product(e, index)
+    if e.is_Pow:
+        base, exponent = e.args
+        if exponent in _SYMPY_POWERS:
+            out = _from_sympy(base, index)
+            for name in reversed(_SYMPY_POWERS[exponent]):
+                out = Expr.op(name, out)
+            return out
+        return Expr.op("pow", _from_sympy(base, index), _from_sympy(exponent, index))
+    if e.func in _SYMPY_FUNCTIONS:
+        return Expr.op(_SYMPY_FUNCTIONS[e.func], _from_sympy(e.args[0], index))
+    raise ValueError(f"cannot convert {e!r} ({e.func.__name__}) to an expression tree")
+
+
+def _signed_term(term: sympy.Expr, index) -> tuple[bool, Expr]:
+    """(is_negative, tree of |term|) for a term of a sum."""
+    coefficient, rest = term.as_coeff_Mul()
+    if coefficient.is_negative:
+        return True, _from_sympy(-term, index)
+    return False, _from_sympy(term, index)
+
+
+def _product(e: sympy.Mul, index) -> Expr:
+    numerator, denominator = sympy.fraction(e)
+    if denominator != 1:
+        return Expr.op("div", _from_sympy(numerator, index), _from_sympy(denominator, index))
+    factors = [_from_sympy(f, index) for f in e.as_ordered_factors()]
+    out = factors[0]
+    for factor in factors[1:]:
+        out = Expr.op("mul", out, factor)
+    return out
 
 
 # ---------------------------------------------------------------------------- parsing
