@@ -305,22 +305,29 @@ def _chunks(height: np.ndarray, opcode: np.ndarray, chunk: int):
 
 
 def _forward_branch(op: operators.Operator):
-    def run(a, b):
-        return op.apply(jnp, a) if op.arity == 1 else op.apply(jnp, a, b)
+    """Computes one chunk of ``op`` from the buffer; only its operands are gathered."""
+    def run(buf, operands):
+        return op.apply(jnp, *(_gather(buf, operands, k) for k in range(op.arity)))
     return run
 
 
 def _backward_branch(op: operators.Operator):
-    def run(a, b, g):
-        if op.arity == 1:
-            _, vjp = jax.vjp(lambda u: op.apply(jnp, u), a)
-            (ga,), gb = vjp(g), jnp.zeros_like(b)
-        else:
-            _, vjp = jax.vjp(lambda u, v: op.apply(jnp, u, v), a, b)
-            ga, gb = vjp(g)
+    """Cotangents of a chunk's operands (C, 2, N) given its output cotangent g (C, N)."""
+    def run(buf, operands, g):
+        args = [_gather(buf, operands, k) for k in range(op.arity)]
+        _, vjp = jax.vjp(lambda *a: op.apply(jnp, *a), *args)
+        grads = vjp(g)
         masked = g == 0  # a zero cotangent means "not used": keep it zero, never NaN
-        return jnp.where(masked, 0, ga), jnp.where(masked, 0, gb)
+        grads = [jnp.where(masked, 0, ga) for ga in grads]
+        grads += [jnp.zeros_like(g)] * (2 - op.arity)
+        return jnp.stack(grads, axis=1)
     return run
+
+
+def _gather(buf, operands, k):
+    """Values (C, N) of operand k of every node of a chunk."""
+    rows, scalar, is_scalar = operands
+    return jnp.where(is_scalar[:, k, None], scalar[:, k, None], buf[rows[:, k]])
 
 
 _FORWARD = [_forward_branch(op) for op in operators.FUNCTIONS]
@@ -329,32 +336,35 @@ _BACKWARD = [_backward_branch(op) for op in operators.FUNCTIONS]
 
 @dataclasses.dataclass(frozen=True)
 class _Frame:
-    """The runtime layout: which buffer rows hold what, for one call."""
+    """The runtime layout of one call: operand rows and scalars resolved for every node."""
 
     p: Programs
     consts_flat: jax.Array
-    data_index: jax.Array
-    n_dims: int
     n_x_rows: int
+    sink: int             # the last row: never written by a node that is read
+    rows: jax.Array       # (RB + C, 2) buffer row of each operand (the sink for scalars)
+    scalar: jax.Array     # (RB + C, 2) value of scalar operands
+    is_scalar: jax.Array  # (RB + C, 2)
 
-    @property
-    def sink(self) -> int:  # the last row: never written, read by scalar operands
-        return self.n_x_rows + self.p.n_node_rows - 1
+    @staticmethod
+    def make(p: Programs, consts, x_rows, data_index, n_dims) -> _Frame:
+        n_x_rows = x_rows.shape[0]
+        sink = n_x_rows + p.n_node_rows - 1
+        consts_flat = consts.reshape(-1)
+        rows = p.operands.rows(data_index, n_dims, n_x_rows, sink)
+        return _Frame(p, consts_flat, n_x_rows, sink, rows, *p.operands.scalars(consts_flat))
 
-    def operand_values(self, ops: Operands, buf):
-        """Values (…, N) of a set of operands, and their buffer rows."""
-        rows = ops.rows(self.data_index, self.n_dims, self.n_x_rows, self.sink)
-        scalar, is_scalar = ops.scalars(self.consts_flat)
-        return jnp.where(is_scalar[..., None], scalar[..., None], buf[rows]), rows
+    def root_values(self, buf, data_index, n_dims):
+        rows = self.p.roots.rows(data_index, n_dims, self.n_x_rows, self.sink)
+        scalar, is_scalar = self.p.roots.scalars(self.consts_flat)
+        return jnp.where(is_scalar[:, None], scalar[:, None], buf[rows]), rows
 
-    def chunk(self, j, buf):
-        """Chunk j: its two operand value blocks (C, N), their rows, output row and mask."""
+    def chunk(self, j):
+        """Chunk j: its operands (rows, scalars, mask), first output row and node slice."""
         start = self.p.chunk_start[j]
-        ops = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, self.p.chunk),
-                           self.p.operands)
-        values, rows = self.operand_values(ops, buf)
-        valid = (jnp.arange(self.p.chunk) < self.p.chunk_count[j])[:, None]
-        return values[:, 0], values[:, 1], ops, rows, self.n_x_rows + start, valid
+        take = lambda a: lax.dynamic_slice_in_dim(a, start, self.p.chunk)
+        return (take(self.rows), take(self.scalar), take(self.is_scalar)), \
+            self.n_x_rows + start, start
 
 
 def _forward_buffer(frame: _Frame, x_rows):
@@ -362,51 +372,51 @@ def _forward_buffer(frame: _Frame, x_rows):
     buf = jnp.concatenate([x_rows, jnp.zeros((p.n_node_rows, x_rows.shape[1]), x_rows.dtype)])
 
     def step(j, buf):
-        a, b, _, _, row0, valid = frame.chunk(j, buf)
-        out = lax.switch(p.chunk_opcode[j], _FORWARD, a, b)
-        old = lax.dynamic_slice_in_dim(buf, row0, p.chunk)
-        return lax.dynamic_update_slice_in_dim(buf, jnp.where(valid, out, old), row0, 0)
+        # A partial chunk also writes rows past its count. Those rows belong to nodes later
+        # in the sorted order, whose own chunks overwrite them before any parent reads them.
+        operands, row0, _ = frame.chunk(j)
+        out = lax.switch(p.chunk_opcode[j], _FORWARD, buf, operands)
+        return lax.dynamic_update_slice_in_dim(buf, out, row0, 0)
 
     return lax.fori_loop(0, p.n_chunks, step, buf)
 
 
-def _make_frame(p, consts, x_rows, data_index, n_dims):
-    return _Frame(p, consts.reshape(-1), data_index, n_dims, x_rows.shape[0])
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _evaluate(p: Programs, consts, x_rows, data_index, n_dims):
-    frame = _make_frame(p, consts, x_rows, data_index, n_dims)
-    return frame.operand_values(p.roots, _forward_buffer(frame, x_rows))[0]
+    frame = _Frame.make(p, consts, x_rows, data_index, n_dims)
+    return frame.root_values(_forward_buffer(frame, x_rows), data_index, n_dims)[0]
 
 
 def _evaluate_fwd(p, consts, x_rows, data_index, n_dims):
-    frame = _make_frame(p, consts, x_rows, data_index, n_dims)
+    frame = _Frame.make(p, consts, x_rows, data_index, n_dims)
     buf = _forward_buffer(frame, x_rows)
-    return frame.operand_values(p.roots, buf)[0], (p, consts, x_rows, data_index, buf)
+    values = frame.root_values(buf, data_index, n_dims)[0]
+    return values, (p, consts, x_rows, data_index, buf)
 
 
-def _scatter_cotangent(adj, g_consts, ops: Operands, rows, g):
-    """Adds operand cotangents g (…, N): rows get g, constant slots get sum over points."""
-    adj = adj.at[rows].add(g)  # scalars land in the sink row, which nobody reads
-    slot = jnp.where(ops.const >= 0, ops.const, g_consts.shape[0])
+def _scatter_cotangent(adj, g_consts, const_slots, rows, g):
+    """Adds operand cotangents g (..., N): rows get g, constant slots get sum over points."""
+    adj = adj.at[rows].add(g)  # scalar operands land in the sink row, which nobody reads
+    slot = jnp.where(const_slots >= 0, const_slots, g_consts.shape[0])
     return adj, g_consts.at[slot].add(g.sum(axis=-1), mode="drop")
 
 
 def _evaluate_bwd(n_dims, residuals, g):
     p, consts, x_rows, data_index, buf = residuals
-    frame = _make_frame(p, consts, x_rows, data_index, n_dims)
-    root_rows = p.roots.rows(data_index, n_dims, frame.n_x_rows, frame.sink)
+    frame = _Frame.make(p, consts, x_rows, data_index, n_dims)
+    _, root_rows = frame.root_values(buf, data_index, n_dims)
     carry = _scatter_cotangent(jnp.zeros_like(buf), jnp.zeros_like(frame.consts_flat),
-                               p.roots, root_rows, g)
+                               p.roots.const, root_rows, g)
 
     def step(k, carry):
         adj, g_consts = carry
         j = p.n_chunks - 1 - k
-        a, b, ops, rows, row0, valid = frame.chunk(j, buf)
+        operands, row0, start = frame.chunk(j)
+        valid = (jnp.arange(p.chunk) < p.chunk_count[j])[:, None]
         g_out = jnp.where(valid, lax.dynamic_slice_in_dim(adj, row0, p.chunk), 0)
-        ga, gb = lax.switch(p.chunk_opcode[j], _BACKWARD, a, b, g_out)
-        return _scatter_cotangent(adj, g_consts, ops, rows, jnp.stack([ga, gb], axis=1))
+        g_operands = lax.switch(p.chunk_opcode[j], _BACKWARD, buf, operands, g_out)
+        const_slots = lax.dynamic_slice_in_dim(p.operands.const, start, p.chunk)
+        return _scatter_cotangent(adj, g_consts, const_slots, operands[0], g_operands)
 
     adj, g_consts = lax.fori_loop(0, p.n_chunks, step, carry)
     zeros = lambda a: (jnp.zeros_like(a) if jnp.issubdtype(a.dtype, jnp.floating)
