@@ -1,0 +1,67 @@
+"""The command line, metrics, bundled data and the benchmark's JSON contract."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxsr import cli, datasets
+from jaxsr.expr import Expr
+from jaxsr.metrics import accuracy_tau, r2_score
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_info_prints_version_devices_and_models(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "jaxsr " in out and "device 0" in out and "models:" in out
+
+
+def test_demo_refines_every_strogatz_formula(capsys):
+    assert cli.main(["demo", "--max-iter", "300"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert set(rows) == set(datasets.STROGATZ)
+    refined = np.array([float(row[2]) for row in rows.values()])
+    assert np.all(refined > 0.99), refined
+
+
+def test_strogatz_formulas_match_their_data():
+    for name in datasets.STROGATZ:
+        problem = datasets.strogatz(name)
+        truth = Expr.from_sympy(problem.formula, problem.feature_names)
+        assert r2_score(problem.y, truth.evaluate(problem.X)) > 0.999999, name
+    with pytest.raises(ValueError, match="unknown Strogatz system"):
+        datasets.strogatz("nope")
+
+
+def test_feynman_lists_are_bundled():
+    table = datasets.feynman_equations()
+    assert len(table) == 120 and {"Formula", "v1_low", "v1_high"} <= set(table.columns)
+
+
+def test_metrics():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    assert r2_score(y, y) == 1.0
+    assert r2_score(y, np.full(4, 2.5)) == 0.0
+    assert r2_score(y, -y) < 0 and r2_score(y, -y, clip=True) == 0.0
+    assert np.isnan(r2_score(y, np.array([1.0, np.nan, 3.0, 4.0])))
+    assert accuracy_tau(y, y * 1.05, 0.1) == 1.0
+    assert accuracy_tau(y, y * 1.2, 0.1) == 0.0
+    # 3 of 4 points within 10% is below the 95% rule.
+    assert accuracy_tau(y, y * np.array([1, 1, 1, 2.0]), 0.1) == 0.0
+
+
+def test_evaluate_benchmark_prints_its_contract_keys():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "evaluate.py"), "--json", "--sizes", "16",
+         "--baseline-size", "16", "--repeats", "1"],
+        check=True, capture_output=True, text=True, timeout=300).stdout
+    result = json.loads(out)
+    assert {"programs_per_second", "speedup_vs_numpy_loop", "numpy_loop_programs_per_second",
+            "xla_compile_seconds"} <= set(result)
+    assert result["programs_per_second"]["16"] > 0
