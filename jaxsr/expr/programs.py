@@ -453,15 +453,15 @@ def evaluate_programs(programs: Programs, X, consts=None, dataset_index=None) ->
     B = programs.n_programs
     if X.ndim == 2:
         X = X[None]
-        if dataset_index is None:
-            dataset_index = np.zeros(B, np.int32)
+        if dataset_index is None:  # built with jnp: a numpy array here would become a
+            dataset_index = jnp.zeros(B, jnp.int32)  # captured constant under tracing
     if X.ndim != 3:
         raise ValueError(f"X must be (N, D), (B, N, D) or (P, N, D), got shape {X.shape}")
     if dataset_index is None:
         if X.shape[0] != B:
             raise ValueError(f"X holds {X.shape[0]} datasets for {B} programs; "
                              "pass dataset_index to map programs to datasets")
-        dataset_index = np.arange(B, dtype=np.int32)
+        dataset_index = jnp.arange(B, dtype=jnp.int32)
     dataset_index = jnp.asarray(dataset_index, jnp.int32)
     if dataset_index.shape != (B,):
         raise ValueError(f"dataset_index must have shape ({B},), got {dataset_index.shape}")
