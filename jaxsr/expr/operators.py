@@ -65,6 +65,9 @@ class Operator:
       sympy: builds the sympy form from sympy operands (or the leaf's sympy value).
       infix: printing as a Python/sympy-parsable string.
       latex: printing as LaTeX.
+      derivative: ``derivative(xp, out, *operands) -> tuple`` of partial derivatives, one per
+        operand, given the operator's output ``out`` (reusing it makes reverse sweeps cheap:
+        exp' = out, sqrt' = 0.5 / out). Used by the JAX interpreter and numpy code alike.
       domain: ``domain(xp, *operands) -> bool mask`` of valid inputs, or None (always valid).
       safe: per operand, a value substituted where the domain mask is False.
       value: the numeric value of a fixed leaf.
@@ -76,6 +79,7 @@ class Operator:
     sympy: Callable
     infix: Format
     latex: Format
+    derivative: Callable | None = None
     domain: Callable | None = None
     safe: tuple[float, ...] = ()
     value: float | None = None
@@ -129,39 +133,54 @@ def _leaf(name: str, value: float, sym, latex: str | None = None) -> Operator:
 # Precedences: 1 additive, 3 multiplicative, 4 unary minus, 5 power, 9 atom.
 OPERATORS: tuple[Operator, ...] = (
     _binary("add", lambda xp, a, b: a + b, lambda a, b: a + b,
-            Format("{0} + {1}", 1, (1, 1)), Format("{0} + {1}", 1, (1, 1))),
+            Format("{0} + {1}", 1, (1, 1)), Format("{0} + {1}", 1, (1, 1)),
+            derivative=lambda xp, out, a, b: (1.0, 1.0)),
     _binary("sub", lambda xp, a, b: a - b, lambda a, b: a - b,
-            Format("{0} - {1}", 1, (1, 3)), Format("{0} - {1}", 1, (1, 3))),
+            Format("{0} - {1}", 1, (1, 3)), Format("{0} - {1}", 1, (1, 3)),
+            derivative=lambda xp, out, a, b: (1.0, -1.0)),
     _binary("mul", lambda xp, a, b: a * b, lambda a, b: a * b,
-            Format("{0}*{1}", 3, (3, 4)), Format(r"{0} \cdot {1}", 3, (3, 4))),
+            Format("{0}*{1}", 3, (3, 4)), Format(r"{0} \cdot {1}", 3, (3, 4)),
+            derivative=lambda xp, out, a, b: (b, a)),
     _binary("div", lambda xp, a, b: a / b, lambda a, b: a / b,
             Format("{0}/{1}", 3, (3, 5)), Format(r"\frac{{{0}}}{{{1}}}", ATOM, (0, 0)),
+            derivative=lambda xp, out, a, b: (1 / b, -out / b),
             domain=lambda xp, a, b: b != 0, safe=(None, 1.0)),
     _binary("pow", lambda xp, a, b: xp.power(a, b), lambda a, b: a**b,
             Format("{0}**{1}", 5, (ATOM, 4)), Format("{{{0}}}^{{{1}}}", 5, (ATOM, 0)),
+            derivative=lambda xp, out, a, b: (b * xp.power(a, b - 1), out * xp.log(a)),
             domain=_pow_domain, safe=(1.0, 1.0)),
     Operator("inv", 1, lambda xp, a: 1 / a, lambda a: 1 / a,
              Format("1/{0}", 3, (5,)), Format(r"\frac{{1}}{{{0}}}", ATOM, (0,)),
+             derivative=lambda xp, out, a: (-out * out,),
              domain=lambda xp, a: a != 0, safe=(1.0,)),
-    _function("abs", lambda xp, a: xp.abs(a), sympy.Abs, latex_name=r"\operatorname{abs}"),
+    _function("abs", lambda xp, a: xp.abs(a), sympy.Abs, latex_name=r"\operatorname{abs}",
+              derivative=lambda xp, out, a: (xp.sign(a),)),
     Operator("sqrt", 1, lambda xp, a: xp.sqrt(a), sympy.sqrt,
              Format("sqrt({0})", ATOM, (0,)), Format(r"\sqrt{{{0}}}", ATOM, (0,)),
+             derivative=lambda xp, out, a: (0.5 / out,),
              domain=lambda xp, a: a >= 0, safe=(1.0,)),
-    _function("log", lambda xp, a: xp.log(a), sympy.log,
+    _function("log", lambda xp, a: xp.log(a), sympy.log, derivative=lambda xp, out, a: (1 / a,),
               domain=lambda xp, a: a > 0, safe=(1.0,)),
-    _function("exp", lambda xp, a: xp.exp(a), sympy.exp),
-    _function("sin", lambda xp, a: xp.sin(a), sympy.sin),
-    _function("cos", lambda xp, a: xp.cos(a), sympy.cos),
-    _function("tan", lambda xp, a: xp.tan(a), sympy.tan),
+    _function("exp", lambda xp, a: xp.exp(a), sympy.exp, derivative=lambda xp, out, a: (out,)),
+    _function("sin", lambda xp, a: xp.sin(a), sympy.sin, derivative=lambda xp, out, a: (xp.cos(a),)),
+    _function("cos", lambda xp, a: xp.cos(a), sympy.cos,
+              derivative=lambda xp, out, a: (-xp.sin(a),)),
+    _function("tan", lambda xp, a: xp.tan(a), sympy.tan,
+              derivative=lambda xp, out, a: (1 + out * out,)),
     _function("arcsin", lambda xp, a: xp.arcsin(a), sympy.asin,
+              derivative=lambda xp, out, a: (1 / xp.sqrt(1 - a * a),),
               domain=lambda xp, a: xp.abs(a) <= 1, safe=(0.0,)),
     _function("arccos", lambda xp, a: xp.arccos(a), sympy.acos,
+              derivative=lambda xp, out, a: (-1 / xp.sqrt(1 - a * a),),
               domain=lambda xp, a: xp.abs(a) <= 1, safe=(0.0,)),
-    _function("arctan", lambda xp, a: xp.arctan(a), sympy.atan),
+    _function("arctan", lambda xp, a: xp.arctan(a), sympy.atan,
+              derivative=lambda xp, out, a: (1 / (1 + a * a),)),
     Operator("pow2", 1, lambda xp, a: a * a, lambda a: a**2,
-             Format("{0}**2", 5, (ATOM,)), Format("{{{0}}}^{{2}}", 5, (ATOM,))),
+             Format("{0}**2", 5, (ATOM,)), Format("{{{0}}}^{{2}}", 5, (ATOM,)),
+             derivative=lambda xp, out, a: (2 * a,)),
     Operator("pow3", 1, lambda xp, a: a * a * a, lambda a: a**3,
-             Format("{0}**3", 5, (ATOM,)), Format("{{{0}}}^{{3}}", 5, (ATOM,))),
+             Format("{0}**3", 5, (ATOM,)), Format("{{{0}}}^{{3}}", 5, (ATOM,)),
+             derivative=lambda xp, out, a: (3 * a * a,)),
     # Fixed leaves of the reference vocabulary (section 2.5): named constants and integers.
     _leaf("pi", math.pi, sympy.pi, r"\pi"),
     _leaf("e", math.e, sympy.E),

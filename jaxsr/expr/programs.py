@@ -312,13 +312,17 @@ def _forward_branch(op: operators.Operator):
 
 
 def _backward_branch(op: operators.Operator):
-    """Cotangents of a chunk's operands (C, 2, N) given its output cotangent g (C, N)."""
-    def run(buf, operands, g):
+    """Cotangents of a chunk's operands (C, 2, N) given its outputs and their cotangent g.
+
+    Uses the table's derivative of ``op`` in terms of its saved output, so the operator
+    is not recomputed. Where g is exactly zero (unused points) the cotangent stays zero even
+    if the derivative is undefined there.
+    """
+    def run(buf, operands, out, g):
         args = [_gather(buf, operands, k) for k in range(op.arity)]
-        _, vjp = jax.vjp(lambda *a: op.apply(jnp, *a), *args)
-        grads = vjp(g)
-        masked = g == 0  # a zero cotangent means "not used": keep it zero, never NaN
-        grads = [jnp.where(masked, 0, ga) for ga in grads]
+        partials = op.derivative(jnp, out, *args)
+        used = g != 0
+        grads = [jnp.where(used, g * partial, 0) for partial in partials]
         grads += [jnp.zeros_like(g)] * (2 - op.arity)
         return jnp.stack(grads, axis=1)
     return run
@@ -414,7 +418,8 @@ def _evaluate_bwd(n_dims, residuals, g):
         operands, row0, start = frame.chunk(j)
         valid = (jnp.arange(p.chunk) < p.chunk_count[j])[:, None]
         g_out = jnp.where(valid, lax.dynamic_slice_in_dim(adj, row0, p.chunk), 0)
-        g_operands = lax.switch(p.chunk_opcode[j], _BACKWARD, buf, operands, g_out)
+        out = lax.dynamic_slice_in_dim(buf, row0, p.chunk)
+        g_operands = lax.switch(p.chunk_opcode[j], _BACKWARD, buf, operands, out, g_out)
         const_slots = lax.dynamic_slice_in_dim(p.operands.const, start, p.chunk)
         return _scatter_cotangent(adj, g_consts, const_slots, operands[0], g_operands)
 

@@ -1,0 +1,130 @@
+"""Batched constant refinement against known answers and scipy BFGS."""
+
+import numpy as np
+import pytest
+
+from jaxsr.expr import Expr, parse_prefix
+from jaxsr.expr.random_trees import random_expr
+from jaxsr.refine import refine_constants
+from jaxsr.refine.reference import scipy_refine
+
+X = np.random.default_rng(0).uniform(0.5, 2.0, size=(60, 2))
+
+KNOWN = [  # (formula in x, y, perturbation) with well-identified constants
+    "2.5*x + 0.7*y**2",
+    "1.3*sin(0.8*x) + 0.4*y",
+    "3.0*exp(-0.5*x) - 1.2",
+    "x*(4.0 - x - y/(1.0 + x))",
+    "0.5*sin(x - y) - 0.9*sin(x)",
+    "2.0 - x*y/(1.0 + 0.5*x**2)",
+    "1.7*sqrt(x) + 0.3*log(y)",
+    "(0.9*x + 0.2)/(y + 1.5)",
+]
+
+
+def _perturbed(truth, rng, scale=0.2):
+    c = truth.constants()
+    return truth.with_constants(c * (1 + scale * rng.choice([-1, 1], len(c))))
+
+
+def test_true_constants_come_back_in_float64():
+    rng = np.random.default_rng(1)
+    truths = [Expr.from_sympy(f, ["x", "y"]) for f in KNOWN]
+    guesses = [_perturbed(t, rng) for t in truths]
+    Y = np.stack([t.evaluate(X) for t in truths])
+    result = refine_constants(guesses, np.stack([X] * len(KNOWN)), Y,
+                              dataset_index=np.arange(len(KNOWN)), dtype="float64",
+                              max_iter=200)
+    for truth, refined, status in zip(truths, result.constants, result.status):
+        assert status == "ok"
+        np.testing.assert_allclose(refined, truth.constants(), rtol=1e-5, err_msg=str(truth))
+    assert np.all(result.r2 > 1 - 1e-10) and result.converged.all()
+
+
+def _random_problems(n, seed):
+    rng = np.random.default_rng(seed)
+    exprs, targets = [], []
+    while len(exprs) < n:
+        truth = random_expr(rng, n_variables=2, n_operators=int(rng.integers(2, 7)),
+                            unary=("sin", "exp", "inv", "sqrt", "pow2", "log"),
+                            binary=("add", "sub", "mul"), leaf_probs=(0.5, 0.5, 0.0))
+        truth = truth.with_constants(rng.uniform(-2, 2, truth.n_constants))
+        y = truth.evaluate(X)
+        if truth.n_constants and np.all(np.isfinite(y)) and 1e-3 < y.std() < 1e3:
+            exprs.append(_perturbed(truth, rng, 0.3))
+            targets.append(y + 0.01 * y.std() * rng.standard_normal(len(y)))
+    return exprs, np.stack(targets)
+
+
+def test_final_loss_at_most_scipy_bfgs_on_95_percent():
+    exprs, Y = _random_problems(40, seed=2)
+    result = refine_constants(exprs, np.stack([X] * len(exprs)), Y,
+                              dataset_index=np.arange(len(exprs)), dtype="float64",
+                              max_iter=300)
+    scipy_losses = np.array([scipy_refine(e, X, y)[1] for e, y in zip(exprs, Y)])
+    ok = result.loss <= scipy_losses * (1 + 1e-3) + 1e-15
+    assert ok.mean() >= 0.95, list(zip(result.loss[~ok], scipy_losses[~ok]))
+
+
+def test_never_worse_than_the_initial_constants():
+    exprs, Y = _random_problems(40, seed=3)
+    result = refine_constants(exprs, np.stack([X] * len(exprs)), Y,
+                              dataset_index=np.arange(len(exprs)), max_iter=10)
+    finite = np.isfinite(result.initial_loss)
+    assert np.all(result.loss[finite] <= result.initial_loss[finite])
+
+
+def test_nan_candidate_is_flagged_and_neighbours_unaffected():
+    exprs, Y = _random_problems(16, seed=4)
+    data = dict(X=np.stack([X] * 16), y=Y, dataset_index=np.arange(16), max_iter=20)
+    clean = refine_constants(exprs, **data)
+    poisoned = list(exprs)
+    poisoned[5] = parse_prefix("mul + N1000 E-3 log sub x_0 + N1000 E1")  # log(x - 10): NaN
+    dirty = refine_constants(poisoned, **data)
+    assert dirty.status[5] == "non-finite"
+    others = np.r_[0:5, 6:16]
+    np.testing.assert_array_equal(dirty.loss[others], clean.loss[others])
+    for i in others:
+        np.testing.assert_array_equal(dirty.constants[i], clean.constants[i])
+
+
+def test_candidates_without_constants_are_scored_not_optimised():
+    y = X[:, 0] ** 2 + 1
+    result = refine_constants([parse_prefix("pow2 x_0"), parse_prefix("add pow2 x_0 1")], X, y)
+    assert list(result.status) == ["no constants", "no constants"]
+    np.testing.assert_allclose(result.loss[0], 1.0, rtol=1e-6)
+    assert result.loss[1] < 1e-10 and result.iterations.tolist() == [0, 0]
+
+
+def test_optax_backend_and_random_init():
+    truth = Expr.from_sympy("2.5*x + 0.7*y**2", ["x", "y"])
+    y = truth.evaluate(X)
+    for solver, init in (("optax", "model"), ("jaxopt", "random")):
+        result = refine_constants([_perturbed(truth, np.random.default_rng(5))], X, y,
+                                  solver=solver, init=init, dtype="float64", max_iter=100)
+        np.testing.assert_allclose(result.constants[0], [2.5, 0.7], rtol=1e-6)
+
+
+def test_sample_weight_excludes_points():
+    truth = Expr.from_sympy("1.5*x", ["x", "y"])
+    y = truth.evaluate(X)
+    y_bad = y.copy()
+    y_bad[:10] = 1e3  # outliers with zero weight must not matter
+    weight = np.r_[np.zeros(10), np.ones(len(y) - 10)]
+    result = refine_constants([truth.with_constants([1.0])], X, y_bad, sample_weight=weight,
+                              dtype="float64")
+    np.testing.assert_allclose(result.constants[0], [1.5], rtol=1e-7)
+
+
+def test_bad_input_is_named():
+    e = [parse_prefix("mul + N1000 E0 x_0")]
+    with pytest.raises(ValueError, match="NaN or inf"):
+        refine_constants(e, X, np.r_[np.nan, X[1:, 0]])
+    with pytest.raises(ValueError, match="unknown solver"):
+        refine_constants(e, X, X[:, 0], solver="adam")
+    with pytest.raises(ValueError, match="dataset_index"):
+        refine_constants(e, np.stack([X, X]), np.stack([X[:, 0]] * 2))
+    with pytest.raises(ValueError, match="expected X"):
+        refine_constants(e, X, X[:5, 0])
+    with pytest.raises(ValueError, match="at least 2 points"):
+        refine_constants(e, X[:1], X[:1, 0])
