@@ -35,6 +35,7 @@ ahead, so the accelerator does not wait. The batches are the same for any number
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import multiprocessing
@@ -113,9 +114,8 @@ class BucketPlan:
     token_buckets: tuple[int, ...]
     rows: dict  # N_pad -> rows per host batch
 
-    def shapes(self, synchronized: bool) -> list[tuple[int, int, int]]:
-        """Every (B, N_pad, T_pad) a batch can have (with ``synchronized``, only buckets that
-        some sample can fall in; otherwise a batch may pad targets to any smaller bucket)."""
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """Every (B, N_pad, T_pad) a batch can have: at most one per pair of buckets."""
         return sorted({(self.rows[n], n, t) for n in self.point_buckets
                        for t in self.token_buckets})
 
@@ -217,7 +217,7 @@ class BatchStream:
 
     @property
     def shapes(self) -> list[tuple[int, int, int]]:
-        return self.plan.shapes(self.synchronized)
+        return self.plan.shapes()
 
     def __iter__(self) -> Iterator[Batch]:
         return self
@@ -229,9 +229,9 @@ class BatchStream:
         else:
             while len(self._inflight) < self.prefetch:
                 job = self._next_job()
-                self._inflight.append((self._pool.apply_async(_worker_build, job[:-1]), job))
+                self._inflight.append((self._pool.submit(_worker_build, *job[:-1]), job))
             pending, job = self._inflight.popleft()
-            arrays = pending.get()
+            arrays = pending.result()  # a dead worker raises BrokenProcessPool, not a hang
         self.state = job[-1]
         return Batch(**arrays, state=self.state)
 
@@ -245,8 +245,7 @@ class BatchStream:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         self._inflight.clear()
 
@@ -272,43 +271,50 @@ class _Planner:
     def __init__(self, generator: Generator, plan: BucketPlan, process_count: int,
                  state: StreamState, fingerprint: str):
         self._generator = generator
-        self._plan = plan
         self._fingerprint = fingerprint
+        self._points = np.asarray(plan.point_buckets)
+        self._targets = np.asarray(plan.token_buckets)
+        self._bounds = _target_bound_table(generator.config)
         self._rows = {n: plan.rows[n] * process_count for n in plan.point_buckets}
         self._pending: dict[tuple[int, int], list[int]] = {}
         self._position = state.position
-        # Rebuild the pending lists: indices in [oldest, position) of each pending bucket.
-        oldest = {(n, t): i for n, t, i in state.pending_from}
-        if oldest:
-            start = min(oldest.values())
-            indices = np.arange(start, state.position)
-            for index, key in zip(indices.tolist(), self._keys(indices)):
-                if key in oldest and index >= oldest[key]:
-                    self._pending.setdefault(key, []).append(index)
+        self._rebuild(state)
         self._block: collections.deque = collections.deque()
 
-    def _keys(self, indices: np.ndarray) -> list[tuple[int, int]]:
+    def _rebuild(self, state: StreamState) -> None:
+        """The pending lists of a saved state: for each bucket that had pending samples, its
+        indices in [oldest pending, position). Vectorised, in chunks: a rarely filled bucket
+        can hold samples from far back."""
+        oldest = {(n, t): i for n, t, i in state.pending_from}
+        start = min(oldest.values(), default=state.position)
+        for low in range(start, state.position, 1 << 20):
+            indices = np.arange(low, min(low + (1 << 20), state.position))
+            n_pad, t_pad = self._buckets(indices)
+            for (n, t), first in oldest.items():
+                mine = indices[(n_pad == n) & (t_pad == t) & (indices >= first)]
+                self._pending.setdefault((n, t), []).extend(mine.tolist())
+
+    def _buckets(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N_pad, T_pad) of each index, from its header alone."""
         headers = self._generator.headers(indices)
-        config = self._generator.config
-        bound = _target_bound_table(config)[headers.dimension, headers.unary_budget]
-        points = np.asarray(self._plan.point_buckets)
-        targets = np.asarray(self._plan.token_buckets)
-        n_pad = points[np.searchsorted(points, headers.n_points)]
-        t_pad = targets[np.searchsorted(targets, bound)]
-        return list(zip(n_pad.tolist(), t_pad.tolist()))
+        bound = self._bounds[headers.dimension, headers.unary_budget]
+        return (self._points[np.searchsorted(self._points, headers.n_points)],
+                self._targets[np.searchsorted(self._targets, bound)])
 
     def next_batch(self):
         while True:
             if not self._block:
                 indices = np.arange(self._position, self._position + _SCAN_BLOCK)
-                self._block.extend(zip(indices.tolist(), self._keys(indices)))
-            index, key = self._block.popleft()
+                n_pad, t_pad = self._buckets(indices)
+                self._block.extend(zip(indices.tolist(), n_pad.tolist(), t_pad.tolist(),
+                                       strict=True))
+            index, n, t = self._block.popleft()
             self._position = index + 1
-            pending = self._pending.setdefault(key, [])
+            pending = self._pending.setdefault((n, t), [])
             pending.append(index)
-            if len(pending) == self._rows[key[0]]:
-                del self._pending[key]
-                return key, np.array(pending, dtype=np.int64), self._snapshot()
+            if len(pending) == self._rows[n]:
+                del self._pending[(n, t)]
+                return (n, t), np.array(pending, dtype=np.int64), self._snapshot()
 
     def _snapshot(self) -> StreamState:
         pending_from = tuple(sorted((n, t, lst[0]) for (n, t), lst in self._pending.items()
@@ -368,23 +374,42 @@ def build_batch(generator: Generator, indices: np.ndarray, n_pad: int, t_pad: in
     """Generates the samples at ``indices`` and pads them into arrays. With ``t_pad`` None,
     targets pad to the smallest token bucket that holds the longest one."""
     samples = [generator.sample(int(i)) for i in indices]
-    eos, pad = tokens.Vocab.decoder().eos, tokens.Vocab.decoder().pad
     n_tokens = np.array([len(s.tokens) + 2 for s in samples], dtype=np.int32)
     if t_pad is None:
         t_pad = next(t for t in token_buckets if t >= n_tokens.max())
-    width = 3 * (tokens.MAX_INPUT_DIMENSION + 1)
-    point_ids = np.full((len(samples), n_pad, width), tokens.Vocab.encoder().pad, np.int32)
-    target_ids = np.full((len(samples), t_pad), pad, np.int32)
-    for row, sample in enumerate(samples):
-        point_ids[row, :len(sample.y)] = tokens.encode_points(sample.x, sample.y)
-        target_ids[row, 0] = eos
-        target_ids[row, 1:len(sample.tokens) + 1] = sample.tokens
-        target_ids[row, len(sample.tokens) + 1] = eos
-    return dict(points=point_ids,
+    return dict(points=_point_ids(samples, n_pad),
                 n_points=np.array([len(s.y) for s in samples], dtype=np.int32),
-                tokens=target_ids, n_tokens=n_tokens,
+                tokens=_target_ids(samples, t_pad), n_tokens=n_tokens,
                 dimension=np.array([s.info.dimension for s in samples], dtype=np.int32),
                 indices=np.asarray(indices, dtype=np.int64))
+
+
+def _point_ids(samples, n_pad: int) -> np.ndarray:
+    """(B, n_pad, 33) encoder ids, as ``tokens.encode_points`` writes each sample, with
+    ``<PAD>`` rows below the points. All floats of the batch are encoded in one call."""
+    vocab, width = tokens.Vocab.encoder(), tokens.MAX_INPUT_DIMENSION
+    ids = np.full((len(samples), n_pad, width + 1, 3), vocab.pad, np.int32)
+    values = np.concatenate([np.concatenate([s.x.ravel(), s.y]) for s in samples])
+    floats = tokens.float_token_ids(values)
+    start = 0
+    for row, sample in enumerate(samples):
+        n, d = sample.x.shape
+        ids[row, :n, d:width] = vocab["<INPUT_PAD>"]
+        ids[row, :n, :d] = floats[start:start + n * d].reshape(n, d, 3)
+        ids[row, :n, width] = floats[start + n * d:start + n * d + n]
+        start += n * d + n
+    return ids.reshape(len(samples), n_pad, 3 * (width + 1))
+
+
+def _target_ids(samples, t_pad: int) -> np.ndarray:
+    """(B, t_pad) decoder ids: <EOS> prefix <EOS>, then <PAD>."""
+    vocab = tokens.Vocab.decoder()
+    ids = np.full((len(samples), t_pad), vocab.pad, np.int32)
+    for row, sample in enumerate(samples):
+        length = len(sample.tokens)
+        ids[row, 0] = ids[row, length + 1] = vocab.eos
+        ids[row, 1:length + 1] = sample.tokens
+    return ids
 
 
 _WORKER_GENERATOR: Generator | None = None
@@ -408,8 +433,9 @@ def _start_pool(config: GeneratorConfig, workers: int):
     saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
     os.environ.update({k: "1" for k in _THREAD_VARIABLES})  # inherited at spawn
     try:
-        context = multiprocessing.get_context("spawn")
-        return context.Pool(workers, initializer=_worker_init, initargs=(config,))
+        return concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init, initargs=(config,))
     finally:
         for k, v in saved.items():
             if v is None:

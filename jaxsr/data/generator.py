@@ -65,7 +65,7 @@ class Sample:
 
     Attributes:
       index: the sample index; (config, index) determines everything else.
-      tree: the expression.
+      tree: the expression (an ``Expr``, built on first access: training only needs tokens).
       tokens: decoder-vocabulary ids of its prefix form (no ``<EOS>``), int32.
       x: inputs (N, d), float64. y: outputs (N,), float64 (noise included, if any).
       info: dimension, operator counts, point-cloud facts, rejection counts.
@@ -73,12 +73,16 @@ class Sample:
     """
 
     index: int
-    tree: Expr
     tokens: np.ndarray
     x: np.ndarray
     y: np.ndarray
     info: SampleInfo
-    prediction: dict = dataclasses.field(default_factory=dict)
+    prediction: dict
+    _root: trees.Node = dataclasses.field(repr=False)
+
+    @functools.cached_property
+    def tree(self) -> Expr:
+        return trees.to_expr(self._root)
 
     @property
     def prefix(self) -> list[str]:
@@ -169,13 +173,13 @@ class Generator:
                 rejected["generation_error"] += 1
                 continue
             x, y, prediction, facts = data
-            expr, ids, n_unary, n_binary_total = trees.to_expr(root)
+            ids, n_unary, n_binary_total = trees.token_ids(root)
             info = SampleInfo(
                 dimension=used_dimension, unary_budget=budget, n_unary_ops=n_unary,
                 n_binary_ops=n_binary_total, n_skeleton_binary_ops=n_binary,
                 n_points=len(y), **facts,
                 **{f"rejected_{k}": v for k, v in rejected.items()})
-            return Sample(index, expr, ids, x, y, info, prediction)
+            return Sample(index, ids, x, y, info, prediction, root)
         raise RuntimeError(
             f"no valid sample after max_attempts={cfg.max_attempts} attempts "
             f"(index {index}, dimension {dimension}); rejections: {rejected}")
@@ -193,7 +197,9 @@ class Generator:
         root, leaves = trees.random_skeleton(rng, n_binary, self._binary)
         used = trees.assign_leaves(rng, leaves, dimension, cfg)
         trees.insert_unaries(rng, root, budget, self._unary, cfg.max_unary_depth)
+        root = trees.place_constants(root, constants, cfg)
         if cfg.required_operators or cfg.operators_to_not_repeat:
+            # On the final tree, as the reference checks (constant-placing add/mul count).
             names = trees.operator_tokens(root)
             if any(op not in names for op in cfg.required_operators):
                 rejected["missing_operator"] += 1
@@ -201,7 +207,6 @@ class Generator:
             if any(names.count(op) > 1 for op in cfg.operators_to_not_repeat):
                 rejected["repeated_operator"] += 1
                 return None
-        root = trees.place_constants(root, constants, cfg)
         return root, n_binary, used
 
     def _draw_data(self, rng, root: trees.Node, n_points: int, dimension: int, evaluation: bool):

@@ -15,9 +15,9 @@ from the reference (a different RNG and order of draws), not the distribution th
 
 from __future__ import annotations
 
-import numpy as np
-
 import functools
+
+import numpy as np
 
 from jaxsr.data.config import GeneratorConfig
 from jaxsr.expr import operators, tokens
@@ -90,13 +90,15 @@ class ConstantSampler:
         negative = rng.random(n) < 0.5
         mantissa = rng.integers(1, self._max_mantissa + 1, size=n)
         exponent = rng.integers(self._exponents[0], self._exponents[1] + 1, size=n)
-        shift = tokens.MANTISSA_DIGITS - 1 - np.floor(np.log10(mantissa)).astype(np.int64)
+        digits = 1 + sum((mantissa >= 10**k).astype(np.int64)
+                         for k in range(1, tokens.MANTISSA_DIGITS))
+        shift = tokens.MANTISSA_DIGITS - digits
         ids = _float_ids(negative, mantissa * 10**shift, exponent - shift)
         # sign * (mantissa * 10**e) with a Python float power of ten, as the reference
         # computes it, so values carry the same rounding (e.g. 0.23600000000000002).
         self._drawn = [(-(m * 10.0 ** e) if neg else m * 10.0 ** e, i)
                        for neg, m, e, i in zip(negative.tolist(), mantissa.tolist(),
-                                               exponent.tolist(), ids)]
+                                               exponent.tolist(), ids, strict=True)]
 
     def draw(self) -> Node:
         if not self._drawn:
@@ -120,7 +122,7 @@ def _float_ids(negative, mantissa4, exponent) -> list[tuple[int, int, int]]:
     _, mantissa_ids, exponent_ids, plus, minus = _decoder_ids()
     signs = np.where(negative, minus, plus)
     return list(zip(signs.tolist(), mantissa_ids[mantissa4].tolist(),
-                    exponent_ids[exponent + tokens.MAX_EXPONENT].tolist()))
+                    exponent_ids[exponent + tokens.MAX_EXPONENT].tolist(), strict=True))
 
 
 # ---------------------------------------------------------------------------- skeleton
@@ -208,9 +210,9 @@ def insert_unaries(rng: np.random.Generator, root: Node, budget: int,
     keep = min(budget, len(slots))
     if keep == 0:
         return 0
-    chosen = rng.choice(len(slots), size=keep, replace=False)
+    chosen = rng.permutation(len(slots))[:keep]  # a uniform subset (faster than choice)
     names = unary.draw(rng, keep)
-    for slot, name in zip(chosen, names):
+    for slot, name in zip(chosen, names, strict=True):
         parent, i = slots[slot]
         parent.children[i] = Node(name, [parent.children[i]])
     return keep
@@ -238,8 +240,8 @@ def place_constants(root: Node, constants: ConstantSampler, config: GeneratorCon
             root = Node("mul", [constants.draw(), root])
         return Node("add", [constants.draw(), root])
     _add_affine(root, constants)
-    return _affine(root, constants) if len(root.children) == 1 or root.column is not None \
-        else root
+    # The root is never a unary; a lone variable (no binary operator) gets its own a + b*x.
+    return _affine(root, constants) if root.column is not None else root
 
 
 def _affine(node: Node, constants: ConstantSampler) -> Node:
@@ -295,24 +297,30 @@ def evaluate(node: Node, x: np.ndarray, functions: dict):
 # ---------------------------------------------------------------------------- output
 
 
-def to_expr(root: Node) -> tuple[Expr, np.ndarray, int, int]:
-    """The immutable expression, its decoder token ids (prefix order, floats as 3 ids), and
-    its unary and binary operator counts (prefactor add/mul included, as the reference's
-    info counts them)."""
+def token_ids(root: Node) -> tuple[np.ndarray, int, int]:
+    """Decoder token ids of a tree (prefix order, floats as 3 ids), and its unary and binary
+    operator counts (prefactor add/mul included, as the reference's info counts them)."""
     word2id = _decoder_ids()[0]
     ids: list[int] = []
-    counts = [0, 0, 0]  # by arity
-
-    def convert(node: Node) -> Expr:
-        if node.token == FLOAT:
+    counts = [0, 0, 0]  # nodes by arity
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.ids:
             ids.extend(node.ids)
-            return Expr(FLOAT, (), node.value)
+            continue
         ids.append(word2id[node.token])
         counts[len(node.children)] += 1
-        return Expr(node.token, tuple(convert(child) for child in node.children))
+        if node.children:
+            stack.extend(reversed(node.children))
+    return np.array(ids, dtype=np.int32), counts[1], counts[2]
 
-    expr = convert(root)
-    return expr, np.array(ids, dtype=np.int32), counts[1], counts[2]
+
+def to_expr(root: Node) -> Expr:
+    """The immutable ``Expr`` of a finished tree."""
+    if root.token == FLOAT:
+        return Expr(FLOAT, (), root.value)
+    return Expr(root.token, tuple([to_expr(child) for child in root.children]))
 
 
 def from_expr(expr: Expr) -> Node:
