@@ -1,6 +1,6 @@
-"""The ``jaxsr`` command line: ``jaxsr info``, ``jaxsr demo``.
+"""The ``jaxsr`` command line: ``jaxsr info``, ``jaxsr demo``, ``jaxsr convert``.
 
-Later subcommands (fit, train, evaluate, convert) arrive with the issues that build them.
+Later subcommands (fit, train, evaluate) arrive with the issues that build them.
 """
 
 from __future__ import annotations
@@ -25,6 +25,67 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  device {device.id}: {device.device_kind} ({device.platform})")
     print(f"operators: {', '.join(op.name for op in operators.FUNCTIONS)}")
     print("models: none bundled yet (a trained default model ships with a later release)")
+    if args.config is not None:
+        return _print_model_info(args.config)
+    return 0
+
+
+def _print_model_info(spec: str) -> int:
+    """Sizes and parameter counts of a named config or of a weights directory."""
+    from pathlib import Path
+
+    from jaxsr.model import CONFIGS, get_config, param_counts
+    from jaxsr.weights import WeightsFormatError, read_weights_config
+
+    if spec in CONFIGS:
+        config, source = get_config(spec), f"config {spec!r}"
+    else:
+        try:
+            config, meta = read_weights_config(Path(spec))
+        except WeightsFormatError as err:
+            print(f"error: {spec!r} is not a config ({', '.join(CONFIGS)}) nor weights: {err}",
+                  file=sys.stderr)
+            return 1
+        origin = meta.get("metadata", {}).get("source", {}).get("file")
+        source = f"weights {spec}" + (f" (converted from {origin})" if origin else "")
+    c = config
+    print(f"model: {source}")
+    print(f"  embedder: {c.tokens_per_point} tokens x {c.embedder_dim} -> "
+          f"{c.embedder_hidden_layers} x {c.embedder_hidden_dim} -> {c.encoder_dim}")
+    print(f"  encoder: {c.encoder_layers} layers, dim {c.encoder_dim}, {c.encoder_heads} heads, "
+          f"ffn {c.encoder_ffn_dim}, no positions")
+    print(f"  decoder: {c.decoder_layers} layers, dim {c.decoder_dim}, {c.decoder_heads} heads, "
+          f"ffn {c.decoder_ffn_dim}, {c.max_positions} positions, "
+          f"vocabulary {c.decoder_vocab_size}")
+    print(f"  compute dtype: {c.dtype}")
+    print("parameters (tied output matrix counted once):")
+    for name, count in param_counts(config).items():
+        print(f"  {name:<9}{count:>14,}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Converts the reference's model1.pt into a jaxsr weights directory."""
+    from jaxsr.model import count_params
+    from jaxsr.weights import load_weights
+    from jaxsr.weights.convert import convert_reference
+
+    try:
+        out = convert_reference(args.model_pt, args.out_dir)
+        weights = load_weights(out)
+    except (ValueError, OSError) as err:  # CheckpointError and WeightsFormatError included
+        print(f"error: cannot convert {args.model_pt}: {err}", file=sys.stderr)
+        return 1
+    c = weights.config
+    print(f"converted {args.model_pt} -> {out} ({count_params(weights.params):,} parameters: "
+          f"{c.encoder_layers} encoder / {c.decoder_layers} decoder layers, dim {c.decoder_dim}, "
+          f"embedder {c.embedder_dim})")
+    vocab_checked = weights.metadata.get("source", {}).get("vocabulary_checked")
+    vocab = ("vocabularies equal jaxsr's" if vocab_checked
+             else "no vocabulary in the file (jaxsr's assumed)")
+    print(f"checked: nothing in the pickle was executed; {vocab}; every tensor mapped with "
+          "the right shape; output projection tied; sha256 of params.npz recorded")
+    print(f"decoding defaults: {weights.decoding}")
     return 0
 
 
@@ -81,12 +142,20 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxsr", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="version, JAX devices and available models")
+    info = commands.add_parser("info", help="version, JAX devices and available models")
+    info.add_argument("--config", metavar="NAME_OR_PATH", default=None,
+                      help="also print a model's sizes and parameter counts per module: "
+                           "a config name (paper, small, tiny) or a weights directory")
     demo = commands.add_parser("demo", help="refine the constants of known formulas on bundled data")
     demo.add_argument("--seed", type=int, default=0, help="seed of the perturbed guesses")
     demo.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations at most")
+    convert = commands.add_parser(
+        "convert", help="convert the reference's model1.pt to jaxsr weights (no torch needed)")
+    convert.add_argument("model_pt", metavar="MODEL_PT",
+                         help="the reference checkpoint, model1.pt")
+    convert.add_argument("out_dir", metavar="OUT_DIR", help="directory to write the weights to")
     args = parser.parse_args(argv)
-    handlers = {"info": _info, "demo": _demo}
+    handlers = {"info": _info, "demo": _demo, "convert": _convert}
     return handlers[args.command](args)
 
 
