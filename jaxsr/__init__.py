@@ -1,25 +1,41 @@
 """jaxsr: end-to-end symbolic regression with transformers, in JAX/Flax.
 
 The public surface is re-exported here; submodules hold the implementation:
-``jaxsr.expr`` (symbolic core), ``jaxsr.datasets`` (bundled benchmark data).
+``jaxsr.expr`` (symbolic core), ``jaxsr.data`` (training data), ``jaxsr.model`` (Flax model),
+``jaxsr.weights`` (weights format, reference-checkpoint converter), ``jaxsr.refine`` (batched
+constant refinement), ``jaxsr.datasets`` (bundled benchmark data). Names backed by JAX load
+on first use, so ``import jaxsr`` stays light for numpy-only work.
 """
 
+import importlib
 from importlib import metadata as _metadata
 
 from jaxsr.expr import (
     Expr,
     InvalidExpression,
-    ProgramSize,
-    Programs,
-    compile_programs,
     decode_float,
     decoder_vocab,
     encode_float,
     encode_points,
     encoder_vocab,
-    evaluate_programs,
     parse_prefix,
 )
+
+_LAZY = {
+    "ProgramSize": "jaxsr.expr.programs", "Programs": "jaxsr.expr.programs",
+    "compile_programs": "jaxsr.expr.programs", "evaluate_programs": "jaxsr.expr.programs",
+    "Generator": "jaxsr.data", "GeneratorConfig": "jaxsr.data", "batches": "jaxsr.data",
+    "refine_constants": "jaxsr.refine", "RefineResult": "jaxsr.refine",
+    "E2EModel": "jaxsr.model", "ModelConfig": "jaxsr.model", "get_config": "jaxsr.model",
+    "load_model": "jaxsr.weights", "convert_reference": "jaxsr.weights",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jaxsr' has no attribute {name!r}")
+
 
 try:
     __version__ = _metadata.version("jaxsr-e2e")
@@ -30,5 +46,7 @@ __all__ = [
     "Expr", "InvalidExpression", "parse_prefix",
     "encode_float", "decode_float", "encoder_vocab", "decoder_vocab", "encode_points",
     "ProgramSize", "Programs", "compile_programs", "evaluate_programs",
+    "Generator", "GeneratorConfig", "batches", "RefineResult", "refine_constants",
+    "E2EModel", "ModelConfig", "get_config", "load_model", "convert_reference",
     "__version__",
 ]

@@ -1,8 +1,14 @@
-"""The symbolic core: one operator table drives trees, tokens, sympy and batched JAX programs."""
+"""The symbolic core: one operator table drives trees, tokens, sympy and batched JAX programs.
+
+The JAX-backed names (``compile_programs``, ``evaluate_programs``, ``Programs``,
+``ProgramSize``) load on first use, so that numpy-only users of trees and tokens (such as the
+data generator's worker processes) do not import JAX.
+"""
+
+import importlib
 
 from jaxsr.expr import operators
 from jaxsr.expr.operators import OPERATORS, Operator
-from jaxsr.expr.programs import ProgramSize, Programs, compile_programs, evaluate_programs
 from jaxsr.expr.tokens import (
     Vocab,
     decode_float,
@@ -12,6 +18,16 @@ from jaxsr.expr.tokens import (
     encoder_vocab,
 )
 from jaxsr.expr.tree import Expr, InvalidExpression, parse_prefix
+
+_LAZY = {name: "jaxsr.expr.programs"
+         for name in ("ProgramSize", "Programs", "compile_programs", "evaluate_programs")}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jaxsr.expr' has no attribute {name!r}")
+
 
 __all__ = [
     "OPERATORS", "Operator", "operators",
