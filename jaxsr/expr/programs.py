@@ -385,13 +385,49 @@ def _forward_buffer(frame: _Frame, x_rows):
     return lax.fori_loop(0, p.n_chunks, step, buf)
 
 
+# Points are processed in blocks whose value buffers fit this many bytes. Large temporary
+# buffers are fresh memory on every call (on CPU, glibc maps allocations above 32 MB anew and
+# pays a page fault per page), so a batch whose buffer would exceed the budget runs as a few
+# smaller blocks that reuse one allocation and stay closer to the caches.
+BLOCK_BYTES = 24 << 20
+
+
+def _n_blocks(p: Programs, x_rows, buffers: int) -> int:
+    """Point blocks for a call; ``buffers`` value-sized buffers live at once (1 or 2)."""
+    rows = x_rows.shape[0] + p.n_node_rows
+    total = rows * x_rows.shape[1] * x_rows.dtype.itemsize * buffers
+    return max(1, min(-(-total // BLOCK_BYTES), x_rows.shape[1]))
+
+
+def _blocks(a, n_blocks: int):
+    """(R, N) -> (n_blocks, R, Nb), zero-padded; the padded points are sliced off later."""
+    size = -(-a.shape[1] // n_blocks)
+    a = jnp.pad(a, ((0, 0), (0, size * n_blocks - a.shape[1])))
+    return jnp.moveaxis(a.reshape(a.shape[0], n_blocks, size), 1, 0)
+
+
+def _unblock(a, n_points: int):
+    """(n_blocks, R, Nb) -> (R, N)."""
+    return jnp.moveaxis(a, 0, 1).reshape(a.shape[1], -1)[:, :n_points]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _evaluate(p: Programs, consts, x_rows, data_index, n_dims):
     frame = _Frame.make(p, consts, x_rows, data_index, n_dims)
-    return frame.root_values(_forward_buffer(frame, x_rows), data_index, n_dims)[0]
+    n_blocks = _n_blocks(p, x_rows, buffers=1)
+
+    def block(xb):
+        return frame.root_values(_forward_buffer(frame, xb), data_index, n_dims)[0]
+
+    if n_blocks == 1:
+        return block(x_rows)
+    return _unblock(lax.map(block, _blocks(x_rows, n_blocks)), x_rows.shape[1])
 
 
 def _evaluate_fwd(p, consts, x_rows, data_index, n_dims):
+    if _n_blocks(p, x_rows, buffers=2) > 1:  # recompute each block's buffer in the backward
+        return _evaluate(p, consts, x_rows, data_index, n_dims), (p, consts, x_rows,
+                                                                  data_index, None)
     frame = _Frame.make(p, consts, x_rows, data_index, n_dims)
     buf = _forward_buffer(frame, x_rows)
     values = frame.root_values(buf, data_index, n_dims)[0]
@@ -405,9 +441,9 @@ def _scatter_cotangent(adj, g_consts, const_slots, rows, g):
     return adj, g_consts.at[slot].add(g.sum(axis=-1), mode="drop")
 
 
-def _evaluate_bwd(n_dims, residuals, g):
-    p, consts, x_rows, data_index, buf = residuals
-    frame = _Frame.make(p, consts, x_rows, data_index, n_dims)
+def _reverse_sweep(frame: _Frame, buf, g, data_index, n_dims):
+    """Cotangents of the constants (flat) and of the X rows for one block of points."""
+    p = frame.p
     _, root_rows = frame.root_values(buf, data_index, n_dims)
     carry = _scatter_cotangent(jnp.zeros_like(buf), jnp.zeros_like(frame.consts_flat),
                                p.roots.const, root_rows, g)
@@ -424,10 +460,29 @@ def _evaluate_bwd(n_dims, residuals, g):
         return _scatter_cotangent(adj, g_consts, const_slots, operands[0], g_operands)
 
     adj, g_consts = lax.fori_loop(0, p.n_chunks, step, carry)
+    return g_consts, adj[: frame.n_x_rows]
+
+
+def _evaluate_bwd(n_dims, residuals, g):
+    p, consts, x_rows, data_index, buf = residuals
+    frame = _Frame.make(p, consts, x_rows, data_index, n_dims)
+    if buf is not None:
+        g_consts, g_x = _reverse_sweep(frame, buf, g, data_index, n_dims)
+    else:
+        n_blocks = _n_blocks(p, x_rows, buffers=2)
+
+        def block(g_consts, blocks):
+            xb, gb = blocks
+            buf = _forward_buffer(frame, xb)
+            g_block, g_xb = _reverse_sweep(frame, buf, gb, data_index, n_dims)
+            return g_consts + g_block, g_xb
+
+        g_consts, g_x = lax.scan(block, jnp.zeros_like(frame.consts_flat),
+                                 (_blocks(x_rows, n_blocks), _blocks(g, n_blocks)))
+        g_x = _unblock(g_x, x_rows.shape[1])
     zeros = lambda a: (jnp.zeros_like(a) if jnp.issubdtype(a.dtype, jnp.floating)
                        else np.zeros(a.shape, jax.dtypes.float0))
-    return (jax.tree.map(zeros, p), g_consts.reshape(consts.shape),
-            adj[: frame.n_x_rows], zeros(data_index))
+    return (jax.tree.map(zeros, p), g_consts.reshape(consts.shape), g_x, zeros(data_index))
 
 
 _evaluate.defvjp(_evaluate_fwd, _evaluate_bwd)
