@@ -46,12 +46,14 @@ class RefineResult:
     status: np.ndarray
     seconds: float
 
-    def to_frame(self):
-        """The results as a pandas DataFrame, one row per candidate."""
+    def to_frame(self, precision: int | None = 6):
+        """The results as a pandas DataFrame, one row per candidate (constants printed with
+        ``precision`` significant digits; None for full precision)."""
         import pandas as pd
 
         return pd.DataFrame({
-            "formula": [e.infix() for e in self.exprs], "loss": self.loss, "r2": self.r2,
+            "formula": [e.infix(precision=precision) for e in self.exprs],
+            "loss": self.loss, "r2": self.r2,
             "initial_loss": self.initial_loss, "iterations": self.iterations,
             "converged": self.converged, "status": self.status})
 
