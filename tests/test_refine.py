@@ -27,14 +27,15 @@ def _perturbed(truth, rng, scale=0.2):
     return truth.with_constants(c * (1 + scale * rng.choice([-1, 1], len(c))))
 
 
-def test_true_constants_come_back_in_float64():
+@pytest.mark.parametrize("solver", ["jaxopt", "batched"])
+def test_true_constants_come_back_in_float64(solver):
     rng = np.random.default_rng(1)
     truths = [Expr.from_sympy(f, ["x", "y"]) for f in KNOWN]
     guesses = [_perturbed(t, rng) for t in truths]
     Y = np.stack([t.evaluate(X) for t in truths])
     result = refine_constants(guesses, np.stack([X] * len(KNOWN)), Y,
                               dataset_index=np.arange(len(KNOWN)), dtype="float64",
-                              max_iter=200)
+                              max_iter=200, solver=solver)
     for truth, refined, status in zip(truths, result.constants, result.status):
         assert status == "ok"
         np.testing.assert_allclose(refined, truth.constants(), rtol=1e-5, err_msg=str(truth))
@@ -56,11 +57,12 @@ def _random_problems(n, seed):
     return exprs, np.stack(targets)
 
 
-def test_final_loss_at_most_scipy_bfgs_on_95_percent():
+@pytest.mark.parametrize("solver", ["jaxopt", "batched"])
+def test_final_loss_at_most_scipy_bfgs_on_95_percent(solver):
     exprs, Y = _random_problems(40, seed=2)
     result = refine_constants(exprs, np.stack([X] * len(exprs)), Y,
                               dataset_index=np.arange(len(exprs)), dtype="float64",
-                              max_iter=300)
+                              max_iter=300, solver=solver)
     scipy_losses = np.array([scipy_refine(e, X, y)[1] for e, y in zip(exprs, Y)])
     ok = result.loss <= scipy_losses * (1 + 1e-3) + 1e-15
     assert ok.mean() >= 0.95, list(zip(result.loss[~ok], scipy_losses[~ok]))
@@ -74,9 +76,11 @@ def test_never_worse_than_the_initial_constants():
     assert np.all(result.loss[finite] <= result.initial_loss[finite])
 
 
-def test_nan_candidate_is_flagged_and_neighbours_unaffected():
+@pytest.mark.parametrize("solver", ["jaxopt", "batched"])
+def test_nan_candidate_is_flagged_and_neighbours_unaffected(solver):
     exprs, Y = _random_problems(16, seed=4)
-    data = dict(X=np.stack([X] * 16), y=Y, dataset_index=np.arange(16), max_iter=20)
+    data = dict(X=np.stack([X] * 16), y=Y, dataset_index=np.arange(16), max_iter=20,
+                solver=solver)
     clean = refine_constants(exprs, **data)
     poisoned = list(exprs)
     poisoned[5] = parse_prefix("mul + N1000 E-3 log sub x_0 + N1000 E1")  # log(x - 10): NaN
@@ -86,6 +90,20 @@ def test_nan_candidate_is_flagged_and_neighbours_unaffected():
     np.testing.assert_array_equal(dirty.loss[others], clean.loss[others])
     for i in others:
         np.testing.assert_array_equal(dirty.constants[i], clean.constants[i])
+
+
+def test_a_candidate_gets_the_same_result_alone_or_in_a_batch_of_1000():
+    exprs, Y = _random_problems(8, seed=6)
+    rng = np.random.default_rng(7)
+    crowd = [exprs[int(i)] for i in rng.integers(0, 8, 1000)]
+    crowd[:8] = exprs
+    index = np.r_[np.arange(8), rng.integers(0, 8, 992)]
+    batch = refine_constants(crowd, np.stack([X] * 8), Y, dataset_index=index, max_iter=15,
+                             solver="batched")
+    for i in (0, 3, 7):
+        alone = refine_constants([exprs[i]], X, Y[i], max_iter=15, solver="batched")
+        np.testing.assert_array_equal(alone.constants[0], batch.constants[i])
+        assert alone.loss[0] == batch.loss[i] and alone.iterations[0] == batch.iterations[i]
 
 
 def test_candidates_without_constants_are_scored_not_optimised():
@@ -99,7 +117,7 @@ def test_candidates_without_constants_are_scored_not_optimised():
 def test_optax_backend_and_random_init():
     truth = Expr.from_sympy("2.5*x + 0.7*y**2", ["x", "y"])
     y = truth.evaluate(X)
-    for solver, init in (("optax", "model"), ("jaxopt", "random")):
+    for solver, init in (("optax", "model"), ("jaxopt", "random"), ("batched", "random")):
         result = refine_constants([_perturbed(truth, np.random.default_rng(5))], X, y,
                                   solver=solver, init=init, dtype="float64", max_iter=100)
         np.testing.assert_allclose(result.constants[0], [2.5, 0.7], rtol=1e-6)

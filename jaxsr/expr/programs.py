@@ -385,6 +385,23 @@ def _forward_buffer(frame: _Frame, x_rows):
     return lax.fori_loop(0, p.n_chunks, step, buf)
 
 
+def pairwise_sum(x, axis: int = -1):
+    """Sum along ``axis`` in a fixed pairwise order: pad to a power of two, add halves.
+
+    Unlike ``jnp.sum``, whose order XLA picks from the whole array's shape, the result for
+    one row does not depend on how many rows are summed alongside it, and padding with zeros
+    to any larger power of two gives the same bits. This is what makes a candidate's loss and
+    gradient identical whether it is evaluated alone or in a batch.
+    """
+    x = jnp.moveaxis(x, axis, -1)
+    size = 1 << max(0, (x.shape[-1] - 1).bit_length())
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - x.shape[-1])])
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x[..., 0]
+
+
 # Points are processed in blocks whose value buffers fit this many bytes. Large temporary
 # buffers are fresh memory on every call (on CPU, glibc maps allocations above 32 MB anew and
 # pays a page fault per page), so a batch whose buffer would exceed the budget runs as a few
@@ -393,15 +410,20 @@ BLOCK_BYTES = 24 << 20
 
 
 def _n_blocks(p: Programs, x_rows, buffers: int) -> int:
-    """Point blocks for a call; ``buffers`` value-sized buffers live at once (1 or 2)."""
+    """Point blocks for a call (a power of two); ``buffers`` value-sized buffers live at once.
+
+    Powers of two keep every block an aligned subtree of ``pairwise_sum``'s order over the
+    points, so blocked and unblocked gradients agree bit for bit.
+    """
     rows = x_rows.shape[0] + p.n_node_rows
     total = rows * x_rows.shape[1] * x_rows.dtype.itemsize * buffers
-    return max(1, min(-(-total // BLOCK_BYTES), x_rows.shape[1]))
+    wanted = max(1, min(-(-total // BLOCK_BYTES), x_rows.shape[1]))
+    return 1 << (wanted - 1).bit_length()
 
 
 def _blocks(a, n_blocks: int):
-    """(R, N) -> (n_blocks, R, Nb), zero-padded; the padded points are sliced off later."""
-    size = -(-a.shape[1] // n_blocks)
+    """(R, N) -> (n_blocks, R, Nb), zero-padded to n_blocks * Nb with Nb a power of two."""
+    size = 1 << (-(-a.shape[1] // n_blocks) - 1).bit_length()
     a = jnp.pad(a, ((0, 0), (0, size * n_blocks - a.shape[1])))
     return jnp.moveaxis(a.reshape(a.shape[0], n_blocks, size), 1, 0)
 
@@ -438,7 +460,7 @@ def _scatter_cotangent(adj, g_consts, const_slots, rows, g):
     """Adds operand cotangents g (..., N): rows get g, constant slots get sum over points."""
     adj = adj.at[rows].add(g)  # scalar operands land in the sink row, which nobody reads
     slot = jnp.where(const_slots >= 0, const_slots, g_consts.shape[0])
-    return adj, g_consts.at[slot].add(g.sum(axis=-1), mode="drop")
+    return adj, g_consts.at[slot].add(pairwise_sum(g), mode="drop")
 
 
 def _reverse_sweep(frame: _Frame, buf, g, data_index, n_dims):
@@ -471,14 +493,12 @@ def _evaluate_bwd(n_dims, residuals, g):
     else:
         n_blocks = _n_blocks(p, x_rows, buffers=2)
 
-        def block(g_consts, blocks):
+        def block(blocks):
             xb, gb = blocks
-            buf = _forward_buffer(frame, xb)
-            g_block, g_xb = _reverse_sweep(frame, buf, gb, data_index, n_dims)
-            return g_consts + g_block, g_xb
+            return _reverse_sweep(frame, _forward_buffer(frame, xb), gb, data_index, n_dims)
 
-        g_consts, g_x = lax.scan(block, jnp.zeros_like(frame.consts_flat),
-                                 (_blocks(x_rows, n_blocks), _blocks(g, n_blocks)))
+        g_consts, g_x = lax.map(block, (_blocks(x_rows, n_blocks), _blocks(g, n_blocks)))
+        g_consts = pairwise_sum(g_consts, axis=0)  # the top of the same tree over points
         g_x = _unblock(g_x, x_rows.shape[1])
     zeros = lambda a: (jnp.zeros_like(a) if jnp.issubdtype(a.dtype, jnp.floating)
                        else np.zeros(a.shape, jax.dtypes.float0))

@@ -13,10 +13,13 @@ import numpy as np
 
 from jaxsr.expr.programs import ProgramSize, compile_programs
 from jaxsr.expr.tree import Expr
-from jaxsr.refine import solvers
+from jaxsr.refine import batched, solvers
 from jaxsr.refine.objective import Problem
 
 STATUS_OK, STATUS_NON_FINITE, STATUS_NO_CONSTANTS = "ok", "non-finite", "no constants"
+# "jaxopt" (the default) and "optax" vmap a library L-BFGS over candidates; "batched" is
+# jaxsr's own L-BFGS with the line search flattened into its loop (jaxsr/refine/batched.py).
+SOLVERS = ("jaxopt", "optax", "batched")
 
 
 @dataclasses.dataclass
@@ -89,7 +92,11 @@ def refine_constants(
       max_iter: L-BFGS iterations at most.
       tol: stop a candidate when the gradient norm of its loss divided by the variance of
         y falls below ``tol``; default 1e-10 in float64, 1e-6 in float32.
-      solver: "jaxopt" (default) or "optax".
+      solver: "jaxopt" (default), "optax", or "batched" (jaxsr's own L-BFGS: one batched
+        evaluation per step, no lock-stepped line search; fastest for large batches).
+      linesearch: "zoom" or "backtracking", for jaxopt and optax.
+      max_linesearch: line-search steps per iteration at most (for "batched": rejected
+        trial steps in a row before a candidate counts as stalled).
       dtype: "float32" (default) or "float64" (runs with x64 enabled).
       seed: seed of the random initialisation.
 
@@ -100,8 +107,8 @@ def refine_constants(
     exprs = list(exprs)
     if not exprs:
         raise ValueError("refine_constants needs at least one expression")
-    if solver not in solvers.BACKENDS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {list(solvers.BACKENDS)}")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     if init not in ("model", "random"):
         raise ValueError(f"init must be 'model' or 'random', got {init!r}")
     dtype = np.dtype(dtype or np.float32)
@@ -112,7 +119,8 @@ def refine_constants(
         tol = 1e-10 if dtype == np.float64 else 1e-6
     settings = solvers.Settings(solver=solver, max_iter=int(max_iter), tol=float(tol),
                                 linesearch=linesearch, max_linesearch=int(max_linesearch),
-                                exact_fit=1e-28 if dtype == np.float64 else 1e-12)
+                                exact_fit=1e-28 if dtype == np.float64 else 1e-12,
+                                ftol=1e-13 if dtype == np.float64 else 1e-6)
 
     with jax.enable_x64(dtype == np.float64):
         programs = compile_programs(exprs)
@@ -149,7 +157,8 @@ def refine_constants(
 @functools.partial(jax.jit, static_argnames="settings")
 def _refine(problem: Problem, params0, has_constants, settings: solvers.Settings):
     initial = problem.losses(params0)
-    outcome = solvers.run(problem, params0, has_constants, settings)
+    run = batched.run_batched if settings.solver == "batched" else solvers.run
+    outcome = run(problem, params0, has_constants, settings)
     return outcome, initial
 
 

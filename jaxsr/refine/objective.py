@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 from jax.tree_util import register_pytree_node_class
 
-from jaxsr.expr.programs import Programs, evaluate_programs
+from jaxsr.expr.programs import Programs, evaluate_programs, pairwise_sum
 
 INACTIVE_VALUE = -1e30  # finite: a line search compares it without producing NaN
 
@@ -62,7 +62,7 @@ class Problem:
         # Unused points contribute an exact zero, and a zero cotangent stays zero in the
         # interpreter's reverse sweep even where the formula is undefined.
         residual = jnp.where(weight > 0, prediction - self.y[self.dataset_index], 0.0)
-        return jnp.sum(weight * residual**2, axis=1) * self.inverse_variance
+        return pairwise_sum(weight * residual**2) * self.inverse_variance
 
     def losses_and_grads(self, consts: jax.Array):
         """(B,) losses and (B, K) gradients in one forward and one reverse sweep."""

@@ -19,6 +19,7 @@ import optax
 import optax.tree_utils as otu
 from jax import lax
 
+from jaxsr.expr.programs import pairwise_sum
 from jaxsr.refine.objective import lane_loss
 
 
@@ -30,6 +31,8 @@ class Settings:
     max_iter: int = 50
     tol: float = 1e-8          # on the gradient norm of the normalised MSE
     exact_fit: float = 1e-14   # normalised MSE counted as a perfect fit
+    ftol: float = 1e-12        # "batched": an accepted step lowering the loss by less than
+                               # ftol * loss ends the candidate (float resolution reached)
     max_linesearch: int = 20
     patience: int = 5          # consecutive steps without a new best before a lane stops
     linesearch: str = "zoom"   # jaxopt: "zoom" or "backtracking"; optax: "zoom" or "backtracking"
@@ -52,7 +55,7 @@ def _jaxopt_backend(settings: Settings) -> Backend:
         state = solver.init_state(params, *args)
         # Like optax's scale_init_precond: a first trial step of 1/|g| rather than 1, so that
         # a steep start (small-variance targets) does not overshoot by orders of magnitude.
-        first = jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.linalg.norm(state.grad), 1e-30))
+        first = jnp.minimum(1.0, 1.0 / jnp.maximum(norm(state.grad), 1e-30))
         return state._replace(stepsize=(first / solver.increase_factor).astype(state.stepsize.dtype))
 
     return Backend(
@@ -155,5 +158,10 @@ def run(problem, params0: jax.Array, active0: jax.Array, settings: Settings) -> 
                    c["non_finite"])
 
 
+def norm(a):
+    """Euclidean norm over the last axis, in a batch-independent order."""
+    return jnp.sqrt(pairwise_sum(a * a))
+
+
 def _finished(value, grad, settings: Settings):
-    return (jnp.linalg.norm(grad, axis=1) <= settings.tol) | (value <= settings.exact_fit)
+    return (norm(grad) <= settings.tol) | (value <= settings.exact_fit)
