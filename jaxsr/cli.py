@@ -91,13 +91,10 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Refines the constants of the 14 Strogatz formulas at once, from perturbed guesses."""
-    import jax
-    import jax.numpy as jnp
-    import jaxopt
-
     from jaxsr import datasets
-    from jaxsr.expr import Expr, compile_programs, evaluate_programs
+    from jaxsr.expr import Expr
     from jaxsr.metrics import r2_score
+    from jaxsr.refine import refine_constants
 
     rng = np.random.default_rng(args.seed)
     problems = [datasets.strogatz(name) for name in datasets.STROGATZ]
@@ -105,33 +102,20 @@ def _demo(args: argparse.Namespace) -> int:
     # A model's guess: the true skeletons with every constant off by about 30%.
     guesses = [t.with_constants(t.constants() * (1 + 0.3 * rng.standard_normal(t.n_constants)))
                for t in truths]
+    # The systems have different numbers of points: pad to one N, with weight 0 on padding.
     n_max = max(len(p.y) for p in problems)
-    X = np.stack([np.pad(p.X, ((0, n_max - len(p.y)), (0, 0))) for p in problems])
-    Y = np.stack([np.pad(p.y, (0, n_max - len(p.y))) for p in problems])
-    mask = np.stack([np.arange(n_max) < len(p.y) for p in problems])
+    pad = lambda a: np.pad(a, [(0, n_max - len(a))] + [(0, 0)] * (a.ndim - 1))
+    X = np.stack([pad(p.X) for p in problems])
+    y = np.stack([pad(p.y) for p in problems])
+    weight = np.stack([pad(np.ones(len(p.y))) for p in problems])
 
-    with jax.enable_x64(True):
-        programs = compile_programs(guesses)
-        X64, Y64, M = jnp.asarray(X), jnp.asarray(Y), jnp.asarray(mask)
-        scale = jnp.asarray([np.var(p.y) for p in problems])
-
-        def objective(consts):  # sum of per-problem normalised MSEs: separable in problems
-            residual = jnp.where(M, evaluate_programs(programs, X64, consts) - Y64, 0.0)
-            return jnp.sum(jnp.sum(residual**2, axis=1) / M.sum(axis=1) / scale)
-
-        start = time.perf_counter()
-        solver = jaxopt.LBFGS(objective, maxiter=args.max_iter, tol=1e-9)
-        result = solver.run(jnp.asarray(programs.constants))
-        fitted_consts = np.asarray(jax.block_until_ready(result.params))
-        seconds = time.perf_counter() - start
-
-    # One joint L-BFGS over a separable objective shares its line search between problems;
-    # jaxsr.refine (per-candidate solvers) replaces this once it lands.
-    print(f"Refined the constants of {len(problems)} Strogatz formulas in one batched L-BFGS "
-          f"call ({int(result.state.iter_num)} iterations, {seconds:.2f} s incl. compilation).")
+    result = refine_constants(guesses, X, y, sample_weight=weight,
+                              dataset_index=np.arange(len(problems)), dtype="float64",
+                              max_iter=args.max_iter, solver=args.solver)
+    print(f"Refined the constants of {len(problems)} Strogatz formulas in one batched call "
+          f"(solver {args.solver}, {result.seconds:.2f} s incl. compilation).")
     print(f"{'system':<11} {'R2 guess':>10} {'R2 refined':>11}  refined formula")
-    for i, (p, guess) in enumerate(zip(problems, guesses)):
-        fitted = guess.with_constants(fitted_consts[i, : guess.n_constants])
+    for p, guess, fitted in zip(problems, guesses, result.exprs):
         before = r2_score(p.y, guess.evaluate(p.X))
         after = r2_score(p.y, fitted.evaluate(p.X))
         print(f"{p.name:<11} {before:>10.4f} {after:>11.6f}  "
@@ -148,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                            "a config name (paper, small, tiny) or a weights directory")
     demo = commands.add_parser("demo", help="refine the constants of known formulas on bundled data")
     demo.add_argument("--seed", type=int, default=0, help="seed of the perturbed guesses")
-    demo.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations at most")
+    demo.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations at most")
+    demo.add_argument("--solver", default="jaxopt", choices=("jaxopt", "optax", "batched"),
+                      help="refinement solver (see jaxsr.refine.refine_constants)")
     convert = commands.add_parser(
         "convert", help="convert the reference's model1.pt to jaxsr weights (no torch needed)")
     convert.add_argument("model_pt", metavar="MODEL_PT",

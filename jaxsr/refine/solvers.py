@@ -1,4 +1,4 @@
-"""L-BFGS over many candidates at once: one solver per candidate, steps in lock-step.
+"""Library L-BFGS (jaxopt, optax) over many candidates at once, steps in lock-step.
 
 A backend adapts one library's single-problem L-BFGS to three functions of one lane:
 ``init(params, *args) -> state``, ``step(params, state, *args) -> (params, state)`` and
@@ -27,7 +27,7 @@ from jaxsr.refine.objective import lane_loss
 class Settings:
     """Static solver settings (they key the compiled code)."""
 
-    solver: str = "jaxopt"     # "jaxopt" (default) or "optax"
+    solver: str = "jaxopt"     # "jaxopt" (default), "optax" or "batched" (batched.py)
     max_iter: int = 50
     tol: float = 1e-8          # on the gradient norm of the normalised MSE
     exact_fit: float = 1e-14   # normalised MSE counted as a perfect fit
@@ -51,12 +51,14 @@ def _jaxopt_backend(settings: Settings) -> Backend:
     solver = jaxopt.LBFGS(lane_loss, maxiter=settings.max_iter, tol=0.0,
                           history_size=settings.history, maxls=settings.max_linesearch,
                           linesearch=settings.linesearch, implicit_diff=False)
+
     def init(params, *args):
         state = solver.init_state(params, *args)
         # Like optax's scale_init_precond: a first trial step of 1/|g| rather than 1, so that
         # a steep start (small-variance targets) does not overshoot by orders of magnitude.
         first = jnp.minimum(1.0, 1.0 / jnp.maximum(norm(state.grad), 1e-30))
-        return state._replace(stepsize=(first / solver.increase_factor).astype(state.stepsize.dtype))
+        stepsize = (first / solver.increase_factor).astype(state.stepsize.dtype)
+        return state._replace(stepsize=stepsize)
 
     return Backend(
         init=init,
