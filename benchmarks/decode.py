@@ -27,12 +27,15 @@ import json
 import math
 import os
 import platform
-import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import first_and_median  # noqa: E402  (benchmarks/timing.py)
 
 from jaxsr import decode
 from jaxsr.expr import Vocab
@@ -51,23 +54,10 @@ STRATEGIES = {
     "beam_10": 10,
 }
 # Uncached runs cost ~rows * length^2 / 2 decoder tokens: only these fit a few minutes.
-UNCACHED_ROWS = {"small": (1, 16), "paper": (1,)}
+UNCACHED_ROWS = {"small": (1, 16), "paper": (1, 16)}
 # paper with 1024 candidates: the cache repeats the bag's cross-attention keys/values per
 # row (16 layers * 2 * 1024 * 200 * 512 floats = 13 GiB) and takes minutes on 2 cores.
 SKIPPED = {("paper", "sample_1024"): "cache of ~17 GiB and minutes of CPU; run with --all"}
-
-
-def _seconds(fn, repeats: int) -> tuple[float, float]:
-    """(first call seconds, median of ``repeats`` further calls)."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
 
 
 def never_eos(params):
@@ -95,7 +85,7 @@ def run_cached(model, params, bag, name: str, length: int):
 
 def measure_cached(model, params, bag, name: str, length: int, repeats: int) -> dict:
     run = run_cached(model, params, bag, name, length)
-    first, steady = _seconds(run, repeats)
+    first, steady = first_and_median(run, repeats)
     out = run()
     assert int(out.lengths.min()) == length, "a sequence ended early: EOS was not suppressed"
     tokens = STRATEGIES[name] * length

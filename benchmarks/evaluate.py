@@ -82,7 +82,7 @@ def measure(sizes: list[int], repeats: int, baseline_size: int) -> dict:
     results["numpy_loop_programs_per_second"] = round(loop_rate, 1)
     key = str(baseline_size)
     if key in results["programs_per_second"]:
-        results[f"speedup_vs_numpy_loop"] = round(results["programs_per_second"][key] / loop_rate, 2)
+        results["speedup_vs_numpy_loop"] = round(results["programs_per_second"][key] / loop_rate, 2)
         results["speedup_measured_at_B"] = baseline_size
     rates = results["programs_per_second"]
     if "512" in rates and "8192" in rates:

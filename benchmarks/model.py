@@ -22,30 +22,19 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import first_and_median  # noqa: E402  (benchmarks/timing.py)
+
 from jaxsr.model import E2EModel, get_config, init_params, param_counts
 
 N_POINTS = 200
 MAX_LEN = 200
-
-
-def _timed(fn, repeats: int) -> tuple[float, float]:
-    """(first call seconds, median seconds of the next ``repeats`` calls)."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
 
 
 def _point_batch(config, bags: int, rng: np.random.Generator):
@@ -56,7 +45,7 @@ def _point_batch(config, bags: int, rng: np.random.Generator):
 def measure_encoder(model, params, bags: int, repeats: int) -> dict:
     ids, mask = _point_batch(model.config, bags, np.random.default_rng(0))
     encode = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=E2EModel.encode))
-    first, seconds = _timed(lambda: encode(params, ids, mask), repeats)
+    first, seconds = first_and_median(lambda: encode(params, ids, mask), repeats)
     return {"points_per_second": round(bags * N_POINTS / seconds, 1),
             "compile_seconds": round(first - seconds, 2)}
 
@@ -72,7 +61,7 @@ def measure_cached_decoder(model, params, batch: int, steps: int, repeats: int) 
     mask = jnp.ones((1, N_POINTS), bool)
     init = jax.jit(lambda p, e, m: model.apply({"params": p}, e, m, MAX_LEN,
                                                method=E2EModel.init_cache))
-    init_first, init_seconds = _timed(lambda: init(params, encoded, mask), repeats)
+    init_first, init_seconds = first_and_median(lambda: init(params, encoded, mask), repeats)
     cache = init(params, encoded, mask).take(jnp.zeros(batch, jnp.int32))
 
     @jax.jit
@@ -86,7 +75,7 @@ def measure_cached_decoder(model, params, batch: int, steps: int, repeats: int) 
         start = jnp.full((batch,), 74, jnp.int32)  # <EOS> opens every sequence
         return jax.lax.fori_loop(0, steps, body, (start, cache))[0]
 
-    first, seconds = _timed(lambda: decode(params, cache), repeats)
+    first, seconds = first_and_median(lambda: decode(params, cache), repeats)
     return {"tokens_per_second": round(batch * steps / seconds, 1),
             "compile_seconds": round(first - seconds, 2),
             "init_cache_seconds_per_bag": round(init_seconds, 4)}
@@ -99,7 +88,7 @@ def measure_uncached_decoder(model, params, batch: int, repeats: int) -> dict:
     tokens = jnp.full((batch, MAX_LEN), 74, jnp.int32)
     decode = jax.jit(lambda p, t, e, m: model.apply({"params": p}, t, e, m,
                                                     method=E2EModel.decode)[:, -1])
-    first, seconds = _timed(lambda: decode(params, tokens, encoded, mask), repeats)
+    first, seconds = first_and_median(lambda: decode(params, tokens, encoded, mask), repeats)
     return {"tokens_per_second": round(batch / seconds, 1),
             "compile_seconds": round(first - seconds, 2)}
 

@@ -409,21 +409,22 @@ def pairwise_sum(x, axis: int = -1):
 BLOCK_BYTES = 24 << 20
 
 
-def _n_blocks(p: Programs, x_rows, buffers: int) -> int:
-    """Point blocks for a call (a power of two); ``buffers`` value-sized buffers live at once.
-
-    Powers of two keep every block an aligned subtree of ``pairwise_sum``'s order over the
-    points, so blocked and unblocked gradients agree bit for bit.
-    """
+def _block_points(p: Programs, x_rows, buffers: int) -> int:
+    """Points per block: all of them if ``buffers`` value buffers fit BLOCK_BYTES, else the
+    largest power of two that fits. Power-of-two blocks are aligned subtrees of
+    ``pairwise_sum``'s order over the points, so blocked gradients keep the same bits."""
     rows = x_rows.shape[0] + p.n_node_rows
-    total = rows * x_rows.shape[1] * x_rows.dtype.itemsize * buffers
-    wanted = max(1, min(-(-total // BLOCK_BYTES), x_rows.shape[1]))
-    return 1 << (wanted - 1).bit_length()
+    per_point = rows * x_rows.dtype.itemsize * buffers
+    n_points = x_rows.shape[1]
+    if per_point * n_points <= BLOCK_BYTES:
+        return n_points
+    fit = max(1, BLOCK_BYTES // per_point)
+    return 1 << (fit.bit_length() - 1)
 
 
-def _blocks(a, n_blocks: int):
-    """(R, N) -> (n_blocks, R, Nb), zero-padded to n_blocks * Nb with Nb a power of two."""
-    size = 1 << (-(-a.shape[1] // n_blocks) - 1).bit_length()
+def _blocks(a, size: int):
+    """(R, N) -> (n_blocks, R, size), the last block zero-padded."""
+    n_blocks = -(-a.shape[1] // size)
     a = jnp.pad(a, ((0, 0), (0, size * n_blocks - a.shape[1])))
     return jnp.moveaxis(a.reshape(a.shape[0], n_blocks, size), 1, 0)
 
@@ -436,18 +437,18 @@ def _unblock(a, n_points: int):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _evaluate(p: Programs, consts, x_rows, data_index, n_dims):
     frame = _Frame.make(p, consts, x_rows, data_index, n_dims)
-    n_blocks = _n_blocks(p, x_rows, buffers=1)
+    size = _block_points(p, x_rows, buffers=1)
 
     def block(xb):
         return frame.root_values(_forward_buffer(frame, xb), data_index, n_dims)[0]
 
-    if n_blocks == 1:
+    if size == x_rows.shape[1]:
         return block(x_rows)
-    return _unblock(lax.map(block, _blocks(x_rows, n_blocks)), x_rows.shape[1])
+    return _unblock(lax.map(block, _blocks(x_rows, size)), x_rows.shape[1])
 
 
 def _evaluate_fwd(p, consts, x_rows, data_index, n_dims):
-    if _n_blocks(p, x_rows, buffers=2) > 1:  # recompute each block's buffer in the backward
+    if _block_points(p, x_rows, buffers=2) < x_rows.shape[1]:  # recompute blocks in backward
         return _evaluate(p, consts, x_rows, data_index, n_dims), (p, consts, x_rows,
                                                                   data_index, None)
     frame = _Frame.make(p, consts, x_rows, data_index, n_dims)
@@ -491,13 +492,13 @@ def _evaluate_bwd(n_dims, residuals, g):
     if buf is not None:
         g_consts, g_x = _reverse_sweep(frame, buf, g, data_index, n_dims)
     else:
-        n_blocks = _n_blocks(p, x_rows, buffers=2)
+        size = _block_points(p, x_rows, buffers=2)
 
         def block(blocks):
             xb, gb = blocks
             return _reverse_sweep(frame, _forward_buffer(frame, xb), gb, data_index, n_dims)
 
-        g_consts, g_x = lax.map(block, (_blocks(x_rows, n_blocks), _blocks(g, n_blocks)))
+        g_consts, g_x = lax.map(block, (_blocks(x_rows, size), _blocks(g, size)))
         g_consts = pairwise_sum(g_consts, axis=0)  # the top of the same tree over points
         g_x = _unblock(g_x, x_rows.shape[1])
     zeros = lambda a: (jnp.zeros_like(a) if jnp.issubdtype(a.dtype, jnp.floating)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.expr.programs import ProgramSize, compile_programs
+from jaxsr.expr.programs import compile_programs
 from jaxsr.expr.tree import Expr
 from jaxsr.refine import batched, solvers
 from jaxsr.refine.objective import Problem
