@@ -111,6 +111,8 @@ def refine_constants(
         raise ValueError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     if init not in ("model", "random"):
         raise ValueError(f"init must be 'model' or 'random', got {init!r}")
+    if linesearch not in ("zoom", "backtracking"):
+        raise ValueError(f"linesearch must be 'zoom' or 'backtracking', got {linesearch!r}")
     dtype = np.dtype(dtype or np.float32)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -138,6 +140,12 @@ def refine_constants(
         initial = np.asarray(initial)
 
     variance = _weighted_variance(y, weight)[dataset_index]
+    return _result(exprs, outcome, initial, params0, has_constants, variance,
+                   time.perf_counter() - start)
+
+
+def _result(exprs, outcome, initial, params0, has_constants, variance, seconds) -> RefineResult:
+    """Assembles per-candidate results from the solver's normalised outcome."""
     # Candidates without constants were never optimised: their loss is the initial one.
     value = np.where(has_constants, outcome.value, initial)
     value = np.where(np.isfinite(value), value, np.where(np.isfinite(initial), initial, np.nan))
@@ -150,8 +158,7 @@ def refine_constants(
         exprs=[e.with_constants(c) if e.n_constants else e for e, c in zip(exprs, constants)],
         constants=constants, loss=value * variance, r2=1.0 - value,
         initial_loss=initial * variance, iterations=outcome.iterations,
-        converged=outcome.converged & has_constants, status=status,
-        seconds=time.perf_counter() - start)
+        converged=outcome.converged & has_constants, status=status, seconds=seconds)
 
 
 @functools.partial(jax.jit, static_argnames="settings")
