@@ -155,7 +155,8 @@ def test_every_operator_has_every_form():
 
 def test_printing_precedence():
     expr = parse_prefix("mul add x_0 x_1 pow2 sub x_0 - N2000 E-3")
-    assert expr.infix() == "(x_0 + x_1)*(x_0 - -2.0)**2"
+    assert expr.infix() == "(x_0 + x_1)*(x_0 + 2.0)**2"  # x - -2 prints as x + 2
+    assert parse_prefix("add x_0 mul - N4600 E-2 cos x_1").infix() == "x_0 - 46.0*cos(x_1)"
     assert parse_prefix("inv mul x_0 x_1").infix() == "1/(x_0*x_1)"
     assert parse_prefix("sub x_0 sub x_1 x_2").infix() == "x_0 - (x_1 - x_2)"
     assert parse_prefix("pow2 - N5000 E-4").infix() == "(-0.5)**2"

@@ -19,6 +19,7 @@ import sympy
 from jaxsr.expr import operators, tokens
 
 FLOAT = "<float>"  # token of a float-constant node (never a vocabulary word)
+_FLIP_SIGN = {"add": "sub", "sub": "add"}
 CONSTANT = "CONSTANT"  # the reference's skeleton placeholder for a float
 _VARIABLE = re.compile(r"x_(\d+)\Z")
 
@@ -155,6 +156,12 @@ class Expr:
             if prec < least:
                 text = f"({text})" if notation == "infix" else rf"\left({text}\right)"
             parts.append(text)
+        if self.token in _FLIP_SIGN and parts[1].startswith("-"):
+            # "a + -2*x" -> "a - 2*x": a leading negative literal heads a product or quotient,
+            # which binds tighter than + and -, so moving its sign onto the operator is exact.
+            flipped = operators.BY_NAME[_FLIP_SIGN[self.token]]
+            fmt = getattr(flipped, notation)
+            parts[1] = parts[1][1:]
         return fmt.template.format(*parts), fmt.precedence
 
     def infix(self, names: Sequence[str] | None = None, precision: int | None = None) -> str:
