@@ -147,3 +147,41 @@ def test_bad_input_is_named():
         refine_constants(e, X, X[:5, 0])
     with pytest.raises(ValueError, match="at least 2 points"):
         refine_constants(e, X[:1], X[:1, 0])
+
+
+_TWO_DEVICE_SCRIPT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import jax
+from test_refine import X, _random_problems
+from jaxsr.refine import refine_constants
+assert jax.local_device_count() == 2
+exprs, Y = _random_problems(7, seed=8)
+result = refine_constants(exprs, np.stack([X] * 7), Y, dataset_index=np.arange(7), max_iter=15,
+                          solver="batched")
+print(json.dumps({{"loss": result.loss.tolist(),
+                  "constants": [c.tolist() for c in result.constants]}}))
+"""
+
+
+def test_two_devices_give_the_same_results_as_one():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _TWO_DEVICE_SCRIPT.format(tests=tests)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = json.loads(out.stdout.strip().splitlines()[-1])
+    exprs, Y = _random_problems(7, seed=8)  # odd: the second device gets a padded shard
+    one = refine_constants(exprs, np.stack([X] * 7), Y, dataset_index=np.arange(7),
+                           max_iter=15, solver="batched")
+    np.testing.assert_array_equal(np.array(two["loss"]), one.loss)
+    for a, b in zip(two["constants"], one.constants):
+        np.testing.assert_array_equal(np.array(a), b)

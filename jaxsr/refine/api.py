@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.expr.programs import compile_programs
+from jaxsr.expr.programs import ProgramSize, compile_programs
 from jaxsr.expr.tree import Expr
 from jaxsr.refine import batched, solvers
 from jaxsr.refine.objective import Problem
@@ -125,19 +125,8 @@ def refine_constants(
                                 ftol=1e-13 if dtype == np.float64 else 1e-6)
 
     with jax.enable_x64(dtype == np.float64):
-        programs = compile_programs(exprs)
-        params0 = programs.constants.astype(dtype)
-        if init == "random":
-            draws = np.random.default_rng(seed).standard_normal(params0.shape)
-            params0 = np.where(programs.constant_mask, draws, 0.0).astype(dtype)
-        has_constants = programs.constant_mask.any(axis=1)
-        problem = Problem(programs, jnp.asarray(X, dtype), jnp.asarray(y, dtype),
-                          jnp.asarray(weight, dtype), jnp.asarray(dataset_index, jnp.int32),
-                          jnp.asarray(1.0 / _weighted_variance(y, weight)[dataset_index], dtype))
-        outcome, initial = _refine(problem, jnp.asarray(params0), jnp.asarray(has_constants),
-                                   settings)
-        outcome = jax.tree.map(np.asarray, outcome)
-        initial = np.asarray(initial)
+        outcome, initial, params0, has_constants = _refine_on_devices(
+            exprs, X, y, weight, dataset_index, init, seed, dtype, settings)
 
     variance = _weighted_variance(y, weight)[dataset_index]
     return _result(exprs, outcome, initial, params0, has_constants, variance,
@@ -161,12 +150,51 @@ def _result(exprs, outcome, initial, params0, has_constants, variance, seconds) 
         converged=outcome.converged & has_constants, status=status, seconds=seconds)
 
 
-@functools.partial(jax.jit, static_argnames="settings")
+def _refine_on_devices(exprs, X, y, weight, dataset_index, init, seed, dtype, settings):
+    """Runs the solver with the candidates split over the local devices (pmap) when there
+    are several; returns host arrays (outcome, initial loss, start point, has-constants)."""
+    n_shards = jax.local_device_count() if len(exprs) >= jax.local_device_count() else 1
+    per_shard = -(-len(exprs) // n_shards)
+    padded = list(exprs) + [exprs[-1]] * (per_shard * n_shards - len(exprs))
+    index = np.concatenate([dataset_index, np.repeat(dataset_index[-1:], len(padded) - len(exprs))])
+    shards = [padded[i * per_shard:(i + 1) * per_shard] for i in range(n_shards)]
+    # One size for all shards, so that they stack and share the compiled code.
+    sizes = [ProgramSize.fitting(shard) for shard in shards]
+    size = ProgramSize(*(max(getattr(z, f) for z in sizes) for f in ("ops", "constants", "depth")))
+    programs = [compile_programs(shard, size) for shard in shards]
+    params0 = np.concatenate([p.constants for p in programs]).astype(dtype)
+    mask = np.concatenate([p.constant_mask for p in programs])
+    if init == "random":
+        draws = np.random.default_rng(seed).standard_normal(params0.shape)
+        params0 = np.where(mask, draws, 0.0).astype(dtype)
+    has_constants = mask.any(axis=1)
+    inverse_variance = 1.0 / _weighted_variance(y, weight)[index]
+    shard = lambda a: a.reshape(n_shards, per_shard, *a.shape[1:])
+    problem = Problem(jax.tree.map(lambda *leaves: np.stack(leaves), *programs),
+                      jnp.asarray(X, dtype), jnp.asarray(y, dtype), jnp.asarray(weight, dtype),
+                      shard(index.astype(np.int32)), shard(inverse_variance.astype(dtype)))
+    outcome, initial = _pmapped_refine(settings)(problem, shard(params0), shard(has_constants))
+    unshard = lambda a: np.asarray(a).reshape(-1, *a.shape[2:])[: len(exprs)]
+    return (jax.tree.map(unshard, outcome), unshard(initial), params0[: len(exprs)],
+            has_constants[: len(exprs)])
+
+
 def _refine(problem: Problem, params0, has_constants, settings: solvers.Settings):
     initial = problem.losses(params0)
     run = batched.run_batched if settings.solver == "batched" else solvers.run
     outcome = run(problem, params0, has_constants, settings)
     return outcome, initial
+
+
+@functools.lru_cache(maxsize=32)
+def _pmapped_refine(settings: solvers.Settings):
+    """``_refine`` mapped over a leading device axis (one device: a size-1 axis).
+
+    Built once per settings: pmap caches its compiled code by function identity.
+    """
+    axes = Problem(programs=0, X=None, y=None, weight=None, dataset_index=0,
+                   inverse_variance=0)
+    return jax.pmap(functools.partial(_refine, settings=settings), in_axes=(axes, 0, 0))
 
 
 def _datasets(X, y, sample_weight, dataset_index, n_candidates):
