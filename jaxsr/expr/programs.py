@@ -140,6 +140,8 @@ class Programs:
     chunk_count: np.ndarray   # (n_chunk_slots,) nodes in the chunk (<= chunk)
     chunk_opcode: np.ndarray  # (n_chunk_slots,) index into operators.FUNCTIONS
     n_chunks: np.ndarray      # () chunks in use
+    parent: np.ndarray        # (RB + chunk,) cotangent row of each node (see _CotangentRows)
+    const_position: np.ndarray  # (B * K,) cotangent row of each constant slot
     constants: np.ndarray     # (B, K) float64, prefix order
     constant_mask: np.ndarray # (B, K) bool, slots in use
     n_variables: np.ndarray   # () 1 + the largest variable index used (0 if none)
@@ -147,7 +149,7 @@ class Programs:
     chunk: int = MAX_CHUNK
 
     _ARRAYS = ("operands", "roots", "chunk_start", "chunk_count", "chunk_opcode", "n_chunks",
-               "constants", "constant_mask", "n_variables")
+               "parent", "const_position", "constants", "constant_mask", "n_variables")
 
     def tree_flatten(self):
         return tuple(getattr(self, k) for k in self._ARRAYS), (self.size, self.chunk)
@@ -271,12 +273,62 @@ def compile_programs(
     for p, t in enumerate(templates):
         constants[p, : t.n_consts] = t.constants
         mask[p, : t.n_consts] = True
+    parent, const_position = _cotangent_rows(kind, arg, program, node_index, kids,
+                                             np.cumsum(lengths) - 1, RB + chunk, K)
     used = arg[kind == _KIND_VAR]
     # The interpreter's tables go to the device once; constants stay on the host in float64.
     tables = jax.device_put((operands, roots, pad(starts), pad(counts), pad(opcodes),
-                             np.int32(len(starts))))
+                             np.int32(len(starts)), parent, const_position))
     return Programs(*tables, constants, mask, np.int32(used.max() + 1 if len(used) else 0),
                     size=size, chunk=chunk)
+
+
+def _cotangent_rows(kind, arg, program, node_index, kids, root, n_node_rows: int, K: int):
+    """Where the reverse sweep finds each cotangent (``_CotangentRows`` describes the rows).
+
+    Returns ``parent`` (n_node_rows,): the row holding each sorted operator node's
+    cotangent (its slot in its parent's operand rows, or its program's root row), and
+    ``const_position`` (B * K,): the row holding each constant's cotangent per point.
+    Every node and constant has exactly one parent, so these are gathers, not scatter-adds.
+    """
+    B = len(root)
+    rows = _CotangentRows(n_node_rows, B)
+    # Row of every node (global postorder index) as an operand: parent slot or root row.
+    slot_of = np.full(len(kind), rows.zero, np.int64)
+    for k in range(2):
+        child = kids[:, k]
+        has = child >= 0
+        slot_of[child[has]] = 2 * np.flatnonzero(has) + k
+    slot_of[root] = rows.roots + np.arange(B)
+    is_op = kind == _KIND_OP
+    parent = np.full(n_node_rows, rows.zero, np.int64)
+    parent[node_index[is_op]] = slot_of[is_op]
+    const_position = np.full(B * K, rows.zero, np.int64)
+    is_const = kind == _KIND_CONST
+    const_position[program[is_const] * K + arg[is_const]] = slot_of[is_const]
+    return parent.astype(np.int32), const_position.astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CotangentRows:
+    """Layout of the reverse sweep's cotangent buffer: rows ``2 s + k`` hold the cotangent of
+    operand k of sorted node s, then one row per program root, then a row that stays zero
+    (the cotangent of padding)."""
+
+    n_node_rows: int
+    n_programs: int
+
+    @property
+    def roots(self) -> int:
+        return 2 * self.n_node_rows
+
+    @property
+    def zero(self) -> int:
+        return self.roots + self.n_programs
+
+    @property
+    def total(self) -> int:
+        return self.zero + 1
 
 
 def _pad_rows(a: np.ndarray, rows: int, fill) -> np.ndarray:
@@ -554,3 +606,80 @@ def evaluate_programs(programs: Programs, X, consts=None, dataset_index=None) ->
     if consts.shape != programs.constants.shape:
         raise ValueError(f"consts must have shape {programs.constants.shape}, got {consts.shape}")
     return _evaluate_jit(programs, consts, X, dataset_index)
+
+
+# ------------------------------------------------------------- fused loss and gradient
+
+
+def loss_and_constant_grads(programs: Programs, consts, X, dataset_index, point_loss, targets):
+    """Per-program losses and their gradients with respect to the constants, fused.
+
+    The loss of program i is ``sum_n loss_n`` where ``loss_n, dloss_n = point_loss(pred, *t)``
+    is computed per point from the prediction ``pred`` (B, Nb) and ``targets`` (arrays of
+    shape (B, N), split into the same point blocks). Compared with ``jax.vjp`` of
+    ``evaluate_programs`` this is what refinement needs and nothing more: each block of
+    points is evaluated once, its reverse sweep follows at once (no recomputation), every
+    cotangent is read from its single parent with a gather (no scatter-add), and no
+    gradient with respect to X is formed. Sums run in ``pairwise_sum`` order over points, so
+    a program's results do not depend on the batch it is in.
+
+    Args:
+      programs: from ``compile_programs``; X: (P, N, D); dataset_index: (B,) ints;
+      consts: (B, K).
+    Returns:
+      (B,) losses and (B, K) gradients.
+    """
+    n_sets, n_points, n_dims = X.shape
+    x_rows = jnp.swapaxes(X, 1, 2).reshape(n_sets * n_dims, n_points)
+    frame = _Frame.make(programs, consts, x_rows, dataset_index, n_dims)
+    rows = _CotangentRows(programs.n_node_rows, programs.n_programs)
+    per_point_rows = x_rows.shape[0] + programs.n_node_rows + rows.total
+    size = _block_points_for_rows(per_point_rows, x_rows.dtype.itemsize, n_points)
+
+    def block(args):
+        xb, *tb = args
+        buf = _forward_buffer(frame, xb)
+        prediction = frame.root_values(buf, dataset_index, n_dims)[0]
+        losses, g = point_loss(prediction, *tb)
+        cot = _reverse_gather_sweep(frame, rows, buf, g)
+        g_consts = pairwise_sum(cot[programs.const_position])
+        return pairwise_sum(losses), g_consts
+
+    if size == n_points:
+        losses, g_consts = block((x_rows, *targets))
+    else:
+        blocked = [_blocks(a, size) for a in (x_rows, *targets)]
+        losses, g_consts = lax.map(block, blocked)
+        losses, g_consts = pairwise_sum(losses, axis=0), pairwise_sum(g_consts, axis=0)
+    return losses, g_consts.reshape(consts.shape)
+
+
+def _reverse_gather_sweep(frame: _Frame, rows: _CotangentRows, buf, g):
+    """Cotangent buffer (rows.total, Nb) of every operand, given the roots' cotangent g."""
+    p = frame.p
+    n_points = buf.shape[1]
+    cot = jnp.concatenate([jnp.zeros((rows.roots, n_points), buf.dtype), g,
+                           jnp.zeros((1, n_points), buf.dtype)])
+
+    def step(k, cot):
+        j = p.n_chunks - 1 - k
+        operands, row0, start = frame.chunk(j)
+        g_out = cot[lax.dynamic_slice_in_dim(p.parent, start, p.chunk)]
+        out = lax.dynamic_slice_in_dim(buf, row0, p.chunk)
+        g_operands = lax.switch(p.chunk_opcode[j], _BACKWARD, buf, operands, out, g_out)
+        # Rows past a partial chunk's count belong to nodes already swept: keep theirs.
+        valid = jnp.repeat(jnp.arange(p.chunk) < p.chunk_count[j], 2)[:, None]
+        old = lax.dynamic_slice_in_dim(cot, 2 * start, 2 * p.chunk)
+        new = jnp.where(valid, g_operands.reshape(2 * p.chunk, n_points), old)
+        return lax.dynamic_update_slice_in_dim(cot, new, 2 * start, 0)
+
+    return lax.fori_loop(0, p.n_chunks, step, cot)
+
+
+def _block_points_for_rows(rows: int, itemsize: int, n_points: int) -> int:
+    """Points per block for buffers of ``rows`` rows in all (see ``_block_points``)."""
+    per_point = rows * itemsize
+    if per_point * n_points <= BLOCK_BYTES:
+        return n_points
+    fit = max(1, BLOCK_BYTES // per_point)
+    return 1 << (fit.bit_length() - 1)

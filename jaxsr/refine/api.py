@@ -12,14 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr.expr.programs import ProgramSize, compile_programs
-from jaxsr.expr.tree import Expr
+from jaxsr.expr.tree import Expr, parse_prefix
 from jaxsr.refine import batched, solvers
 from jaxsr.refine.objective import Problem
 
 STATUS_OK, STATUS_NON_FINITE, STATUS_NO_CONSTANTS = "ok", "non-finite", "no constants"
-# "jaxopt" (the default) and "optax" vmap a library L-BFGS over candidates; "batched" is
-# jaxsr's own L-BFGS with the line search flattened into its loop (jaxsr/refine/batched.py).
-SOLVERS = ("jaxopt", "optax", "batched")
+# "batched" (the default) is jaxsr's own L-BFGS with the line search flattened into its loop
+# and the batch shrinking as candidates finish (jaxsr/refine/batched.py); "jaxopt" and
+# "optax" vmap a library L-BFGS over all candidates in lock-step (jaxsr/refine/solvers.py).
+# benchmarks/refine.py measures the three side by side: see the README for why "batched"
+# is the default although the design card named jaxopt.
+SOLVERS = ("batched", "jaxopt", "optax")
 
 
 @dataclasses.dataclass
@@ -71,7 +74,7 @@ def refine_constants(
     init: str = "model",
     max_iter: int = 50,
     tol: float | None = None,
-    solver: str = "jaxopt",
+    solver: str = "batched",
     linesearch: str = "zoom",
     max_linesearch: int = 20,
     dtype=None,
@@ -92,8 +95,10 @@ def refine_constants(
       max_iter: L-BFGS iterations at most.
       tol: stop a candidate when the gradient norm of its loss divided by the variance of
         y falls below ``tol``; default 1e-10 in float64, 1e-6 in float32.
-      solver: "jaxopt" (default), "optax", or "batched" (jaxsr's own L-BFGS: one batched
-        evaluation per step, no lock-stepped line search; fastest for large batches).
+      solver: "batched" (default: jaxsr's own L-BFGS, one batched evaluation per step for
+        all candidates, finished candidates leave the batch), "jaxopt" (``jaxopt.LBFGS``
+        vmapped over candidates) or "optax" (``optax.lbfgs`` vmapped). The library solvers
+        run their line searches in lock-step and are 10-50x slower on large batches.
       linesearch: "zoom" or "backtracking", for jaxopt and optax.
       max_linesearch: line-search steps per iteration at most (for "batched": rejected
         trial steps in a row before a candidate counts as stalled).
@@ -153,48 +158,134 @@ def _result(exprs, outcome, initial, params0, has_constants, variance, seconds) 
 def _refine_on_devices(exprs, X, y, weight, dataset_index, init, seed, dtype, settings):
     """Runs the solver with the candidates split over the local devices (pmap) when there
     are several; returns host arrays (outcome, initial loss, start point, has-constants)."""
-    n_shards = jax.local_device_count() if len(exprs) >= jax.local_device_count() else 1
-    per_shard = -(-len(exprs) // n_shards)
-    padded = list(exprs) + [exprs[-1]] * (per_shard * n_shards - len(exprs))
-    index = np.concatenate([dataset_index, np.repeat(dataset_index[-1:], len(padded) - len(exprs))])
-    shards = [padded[i * per_shard:(i + 1) * per_shard] for i in range(n_shards)]
-    # One size for all shards, so that they stack and share the compiled code.
-    sizes = [ProgramSize.fitting(shard) for shard in shards]
-    size = ProgramSize(*(max(getattr(z, f) for z in sizes) for f in ("ops", "constants", "depth")))
-    programs = [compile_programs(shard, size) for shard in shards]
-    params0 = np.concatenate([p.constants for p in programs]).astype(dtype)
-    mask = np.concatenate([p.constant_mask for p in programs])
+    size = ProgramSize.fitting(exprs)
+    params0 = np.zeros((len(exprs), size.constants))
+    for i, e in enumerate(exprs):
+        params0[i, : e.n_constants] = e.constants()
+    mask = np.arange(size.constants) < np.array([e.n_constants for e in exprs])[:, None]
     if init == "random":
         draws = np.random.default_rng(seed).standard_normal(params0.shape)
-        params0 = np.where(mask, draws, 0.0).astype(dtype)
+        params0 = np.where(mask, draws, 0.0)
+    params0 = params0.astype(dtype)
     has_constants = mask.any(axis=1)
-    inverse_variance = 1.0 / _weighted_variance(y, weight)[index]
-    shard = lambda a: a.reshape(n_shards, per_shard, *a.shape[1:])
-    problem = Problem(jax.tree.map(lambda *leaves: np.stack(leaves), *programs),
-                      jnp.asarray(X, dtype), jnp.asarray(y, dtype), jnp.asarray(weight, dtype),
-                      shard(index.astype(np.int32)), shard(inverse_variance.astype(dtype)))
-    outcome, initial = _pmapped_refine(settings)(problem, shard(params0), shard(has_constants))
-    unshard = lambda a: np.asarray(a).reshape(-1, *a.shape[2:])[: len(exprs)]
-    return (jax.tree.map(unshard, outcome), unshard(initial), params0[: len(exprs)],
-            has_constants[: len(exprs)])
+    data = _Data(jnp.asarray(X, dtype), jnp.asarray(y, dtype), jnp.asarray(weight, dtype),
+                 dataset_index, 1.0 / _weighted_variance(y, weight)[dataset_index])
+    run = _refine_in_rounds if settings.solver == "batched" else _refine_lockstep
+    outcome, initial = run(exprs, data, params0, has_constants, size, settings)
+    return outcome, initial, params0, has_constants
 
 
-def _refine(problem: Problem, params0, has_constants, settings: solvers.Settings):
-    initial = problem.losses(params0)
-    run = batched.run_batched if settings.solver == "batched" else solvers.run
-    outcome = run(problem, params0, has_constants, settings)
-    return outcome, initial
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    """The datasets on the device, and per candidate its dataset and 1 / variance of y."""
+
+    X: jax.Array
+    y: jax.Array
+    weight: jax.Array
+    dataset_index: np.ndarray
+    inverse_variance: np.ndarray
+
+
+class _Shards:
+    """Some candidates padded and split over the local devices as a stacked ``Problem``.
+
+    Padding lanes hold ``_FILLER`` (no operators, no constants) and are never active.
+    """
+
+    def __init__(self, exprs, lanes, data: _Data, size: ProgramSize, per_shard: int, dtype):
+        self.n_shards = jax.local_device_count()
+        self.count = len(lanes)
+        total = per_shard * self.n_shards
+        padded = [exprs[i] for i in lanes] + [_FILLER] * (total - len(lanes))
+        shards = [padded[i * per_shard:(i + 1) * per_shard] for i in range(self.n_shards)]
+        programs = [compile_programs(shard, size) for shard in shards]
+        pad = lambda a, fill: np.concatenate([a[lanes], np.full(total - len(lanes), fill, a.dtype)])
+        self.problem = Problem(
+            jax.tree.map(lambda *leaves: np.stack(leaves), *programs), data.X, data.y,
+            data.weight, self.shard(pad(data.dataset_index.astype(np.int32), 0)),
+            self.shard(pad(data.inverse_variance.astype(dtype), 1)))
+
+    def shard(self, a):
+        """(lanes + padding, ...) -> (devices, per_shard, ...)."""
+        a = np.asarray(a)
+        return a.reshape(self.n_shards, -1, *a.shape[1:])
+
+    def pad_and_shard(self, a, fill=0):
+        a = np.asarray(a)
+        padding = np.full((self.n_shards * self.per_shard - len(a), *a.shape[1:]), fill, a.dtype)
+        return self.shard(np.concatenate([a, padding]))
+
+    @property
+    def per_shard(self) -> int:
+        return self.problem.dataset_index.shape[1]
+
+    def unshard(self, tree):
+        """Back to (lanes, ...) on the host, padding dropped."""
+        return jax.tree.map(lambda a: np.asarray(a).reshape(-1, *a.shape[2:])[: self.count], tree)
+
+
+def _refine_lockstep(exprs, data, params0, has_constants, size, settings):
+    """jaxopt / optax: every candidate in one vmapped solver loop per device."""
+    n_devices = jax.local_device_count()
+    shards = _Shards(exprs, np.arange(len(exprs)), data, size, -(-len(exprs) // n_devices),
+                     params0.dtype)
+    outcome, initial = _pmapped_lockstep(settings)(
+        shards.problem, shards.pad_and_shard(params0), shards.pad_and_shard(has_constants))
+    return shards.unshard(outcome), shards.unshard(initial)
+
+
+def _lockstep(problem: Problem, params0, has_constants, settings: solvers.Settings):
+    return solvers.run(problem, params0, has_constants, settings), problem.losses(params0)
+
+
+# The batched solver shrinks its batch as candidates finish: every round holds a power of
+# two of lanes per device (at least MIN_LANES; padding lanes are idle), runs until at most
+# 1/SHRINK of them remain active, and the next round compiles only those. A round thus
+# costs about as much as the work of its lanes, and the handful of slow candidates that
+# every large batch has no longer make every step pay for the whole batch. Power-of-two
+# sizes bound the compiled variants (one per size, shared by all later calls).
+SHRINK, MIN_LANES = 4, 64
+
+
+def _refine_in_rounds(exprs, data, params0, has_constants, size, settings):
+    """The batched solver, in rounds over ever smaller batches of the active candidates."""
+    n_devices = jax.local_device_count()
+    state = batched.initial_state(params0, has_constants, settings.history)
+    lanes = np.arange(len(exprs))
+    while len(lanes):
+        per_shard = max(MIN_LANES, 1 << (-(-len(lanes) // n_devices) - 1).bit_length())
+        round_size = ProgramSize(ProgramSize.fitting([exprs[i] for i in lanes]).ops,
+                                 size.constants, size.depth)
+        shards = _Shards(exprs, lanes, data, round_size, per_shard, params0.dtype)
+        start = {k: shards.pad_and_shard(v[lanes], v[0]) for k, v in state.items()}
+        start["active"] = shards.pad_and_shard(state["active"][lanes], False)
+        max_active = per_shard // SHRINK if per_shard > MIN_LANES else 0
+        result = shards.unshard(_pmapped_round(settings)(
+            shards.problem, start, np.full(n_devices, max_active, np.int32)))
+        for k, v in result.items():
+            state[k][lanes] = v
+        lanes = lanes[result["active"]]
+    return batched.outcome(state), state["initial"]
 
 
 @functools.lru_cache(maxsize=32)
-def _pmapped_refine(settings: solvers.Settings):
-    """``_refine`` mapped over a leading device axis (one device: a size-1 axis).
+def _pmapped_lockstep(settings: solvers.Settings):
+    """``_lockstep`` mapped over a leading device axis (one device: a size-1 axis).
 
     Built once per settings: pmap caches its compiled code by function identity.
     """
-    axes = Problem(programs=0, X=None, y=None, weight=None, dataset_index=0,
-                   inverse_variance=0)
-    return jax.pmap(functools.partial(_refine, settings=settings), in_axes=(axes, 0, 0))
+    return jax.pmap(functools.partial(_lockstep, settings=settings), in_axes=(_AXES, 0, 0))
+
+
+@functools.lru_cache(maxsize=32)
+def _pmapped_round(settings: solvers.Settings):
+    return jax.pmap(functools.partial(batched.run_round, settings=settings),
+                    in_axes=(_AXES, 0, 0))
+
+
+# Programs and per-candidate arrays are split over devices; the datasets are replicated.
+_AXES = Problem(programs=0, X=None, y=None, weight=None, dataset_index=0, inverse_variance=0)
+_FILLER = parse_prefix("x_0")
 
 
 def _datasets(X, y, sample_weight, dataset_index, n_candidates):

@@ -16,7 +16,9 @@ leading candidate axis and is updated with masks, so candidates never interact.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxsr.expr.programs import pairwise_sum
@@ -24,6 +26,7 @@ from jaxsr.refine.solvers import Outcome, Settings, _finished, norm
 
 ARMIJO = 1e-4
 MIN_SHRINK, MAX_SHRINK = 0.1, 0.5  # a rejected step becomes t * [0.1, 0.5]
+GROW = 4.0
 
 
 def _dot(a, b):
@@ -31,96 +34,150 @@ def _dot(a, b):
 
 
 def _direction(g, S, Y, rho, count):
-    """-H g by the two-loop recursion; S, Y (B, m, K) ring buffers, ``count`` pairs stored."""
+    """-H g by the two-loop recursion; S, Y (B, m, K) ring buffers, ``count`` pairs stored.
+
+    Loops rather than unrolled Python: unrolled, the m small steps took XLA several
+    seconds to compile for every batch size.
+    """
     m = S.shape[1]
-    lanes = jnp.arange(g.shape[0])
-    q, alphas = g, []
-    for i in range(m):  # newest to oldest
+    stored = jnp.minimum(count, m)
+    pick = lambda a, slot: jnp.take_along_axis(
+        a, slot.reshape(-1, *([1] * (a.ndim - 1))), axis=1)[:, 0]
+
+    def newest_first(i, carry):
+        q, alphas = carry
         slot = (count - 1 - i) % m
-        use = (i < jnp.minimum(count, m))
-        s, y, r = S[lanes, slot], Y[lanes, slot], rho[lanes, slot]
-        alpha = jnp.where(use, r * _dot(s, q), 0.0)
-        q = q - alpha[:, None] * y
-        alphas.append((slot, use, alpha))
+        alpha = jnp.where(i < stored, pick(rho, slot) * _dot(pick(S, slot), q), 0.0)
+        return q - alpha[:, None] * pick(Y, slot), alphas.at[:, i].set(alpha)
+
+    q, alphas = lax.fori_loop(0, m, newest_first, (g, jnp.zeros(rho.shape, g.dtype)))
     newest = (count - 1) % m
-    s, y = S[lanes, newest], Y[lanes, newest]
+    s, y = pick(S, newest), pick(Y, newest)
     gamma = jnp.where(count > 0, _dot(s, y) / jnp.maximum(_dot(y, y), 1e-300), 1.0)
-    r = gamma[:, None] * q
-    for slot, use, alpha in reversed(alphas):  # oldest to newest
-        beta = jnp.where(use, rho[lanes, slot] * _dot(Y[lanes, slot], r), 0.0)
-        r = r + (alpha - beta)[:, None] * S[lanes, slot]
-    return -r
+
+    def oldest_first(j, r):
+        i = m - 1 - j
+        slot = (count - 1 - i) % m
+        beta = jnp.where(i < stored, pick(rho, slot) * _dot(pick(Y, slot), r), 0.0)
+        return r + (alphas[:, i] - beta)[:, None] * pick(S, slot)
+
+    return -lax.fori_loop(0, m, oldest_first, gamma[:, None] * q)
 
 
-def run_batched(problem, params0, active0, settings: Settings) -> Outcome:
-    """Refines every active lane of ``params0`` (B, K) on ``problem``."""
+def initial_state(params0: np.ndarray, optimise: np.ndarray, history: int) -> dict:
+    """The host-side state before any evaluation: every lane is ``fresh`` (its first step
+    evaluates ``params0`` and sets its loss, gradient and first direction), and only lanes
+    in ``optimise`` go on to take L-BFGS steps."""
     B, K = params0.shape
-    m = settings.history
     dtype = params0.dtype
-    lanes = jnp.arange(B)
-    f0, g0 = problem.losses_and_grads(params0)
-    finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0), axis=1)
-    done0 = _finished(f0, g0, settings)
-    gnorm0 = norm(g0)
-    state = dict(
-        x=params0, f=f0, g=g0, d=-g0,
-        t=jnp.minimum(1.0, 1.0 / jnp.maximum(gnorm0, 1e-30)).astype(dtype),
-        S=jnp.zeros((B, m, K), dtype), Y=jnp.zeros((B, m, K), dtype),
-        rho=jnp.zeros((B, m), dtype), count=jnp.zeros(B, jnp.int32),
-        active=active0 & finite0 & ~done0, converged=active0 & finite0 & done0,
-        non_finite=active0 & ~finite0, iterations=jnp.zeros(B, jnp.int32),
-        rejections=jnp.zeros(B, jnp.int32), step=0)
+    zeros = lambda *shape, dt=dtype: np.zeros(shape, dt)
+    flags = lambda: np.zeros(B, bool)
+    return dict(
+        x=params0, f=zeros(B), g=zeros(B, K), d=zeros(B, K), t=zeros(B),
+        S=zeros(B, history, K), Y=zeros(B, history, K), rho=zeros(B, history),
+        count=zeros(B, dt=np.int32), initial=zeros(B), optimise=np.asarray(optimise, bool),
+        fresh=np.ones(B, bool), started=flags(), active=np.ones(B, bool),
+        converged=flags(), non_finite=flags(), iterations=zeros(B, dt=np.int32),
+        rejections=zeros(B, dt=np.int32), steps=zeros(B, dt=np.int32))
 
-    def body(c):
-        active = c["active"]
-        slope = _dot(c["g"], c["d"])
-        trial = c["x"] + c["t"][:, None] * c["d"]
-        f_t, g_t = problem.losses_and_grads(jnp.where(active[:, None], trial, c["x"]))
-        accept = active & jnp.isfinite(f_t) & (f_t <= c["f"] + ARMIJO * c["t"] * slope)
-        bad_gradient = accept & ~jnp.all(jnp.isfinite(g_t), axis=1)
-        accept = accept & ~bad_gradient
 
-        # Memory update for accepted lanes (only pairs with positive curvature).
-        s, y = trial - c["x"], g_t - c["g"]
-        sy = _dot(s, y)
-        store = accept & (sy > 1e-10 * jnp.sqrt(_dot(s, s) * _dot(y, y)))
-        slot = c["count"] % m
-        S = c["S"].at[lanes, slot].set(jnp.where(store[:, None], s, c["S"][lanes, slot]))
-        Y = c["Y"].at[lanes, slot].set(jnp.where(store[:, None], y, c["Y"][lanes, slot]))
-        rho = c["rho"].at[lanes, slot].set(jnp.where(store, 1.0 / jnp.where(store, sy, 1.0),
-                                                       c["rho"][lanes, slot]))
-        count = c["count"] + store
+def run_round(problem, state: dict, max_active, settings: Settings) -> dict:
+    """Steps every active lane until at most ``max_active`` lanes remain active.
 
-        x = jnp.where(accept[:, None], trial, c["x"])
-        f = jnp.where(accept, f_t, c["f"])
-        g = jnp.where(accept[:, None], g_t, c["g"])
-        new_d = _direction(g, S, Y, rho, count)
-        # Not a descent direction (rounding, stale memory): fall back to steepest descent.
-        new_d = jnp.where((_dot(g, new_d) < 0)[:, None], new_d, -g)
-        d = jnp.where(accept[:, None], new_d, c["d"])
-        first = jnp.minimum(1.0, 1.0 / jnp.maximum(norm(g), 1e-30))
-        t_accept = jnp.where(count > 0, 1.0, first)
-        t_reject = _shrink(c["t"], c["f"], f_t, slope)
-        t = jnp.where(accept, t_accept, jnp.where(active, t_reject, c["t"])).astype(dtype)
-
-        rejections = jnp.where(accept, 0, c["rejections"] + (active & ~accept))
-        iterations = c["iterations"] + accept
-        # Converged: small gradient, exact fit, or a step whose gain is at float resolution
-        # (in float32, Armijo tests near the minimum otherwise fail on rounding alone).
-        negligible = accept & (c["f"] - f_t <= settings.ftol * jnp.abs(c["f"]))
-        done = accept & (_finished(f, g, settings) | negligible)
-        stalled = rejections > settings.max_linesearch
-        active = (active & ~done & ~stalled & ~bad_gradient
-                  & (iterations < settings.max_iter))
-        return dict(x=x, f=f, g=g, d=d, t=t, S=S, Y=Y, rho=rho, count=count, active=active,
-                    converged=c["converged"] | done, non_finite=c["non_finite"] | bad_gradient,
-                    iterations=iterations, rejections=rejections, step=c["step"] + 1)
-
+    The caller then moves the remaining lanes into a smaller batch (see ``api``), so that
+    the long tail of slow candidates does not pay for the whole batch at every step.
+    """
     # Each lane takes at most max_iter accepted steps and max_linesearch rejections in a row.
     max_steps = settings.max_iter * (settings.max_linesearch + 1)
-    c = lax.while_loop(lambda c: (c["step"] < max_steps) & jnp.any(c["active"]), body, state)
-    best = jnp.where(active0 & finite0, c["f"], jnp.inf)
-    return Outcome(c["x"], best, c["iterations"], c["converged"], c["non_finite"])
+
+    def cond(c):
+        n_active = jnp.sum(c["active"])
+        return (n_active > 0) & (n_active > max_active)
+
+    def body(c):
+        c = _step(problem, c, settings)
+        c["active"] = c["active"] & (c["steps"] < max_steps)
+        return c
+
+    return lax.while_loop(cond, body, state)
+
+
+def outcome(state) -> Outcome:
+    """The solver's answer: the last accepted point of each lane is its best."""
+    best = np.where(state["started"], state["f"], np.inf)
+    return Outcome(state["x"], best, state["iterations"], state["converged"],
+                   state["non_finite"])
+
+
+def _start(c: dict, f, g, settings: Settings) -> dict:
+    """Fresh lanes after their first evaluation (loss f, gradient g at x)."""
+    finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g), axis=1)
+    started = c["optimise"] & finite
+    done = _finished(f, g, settings)
+    first = jnp.minimum(1.0, 1.0 / jnp.maximum(norm(g), 1e-30)).astype(c["t"].dtype)
+    return dict(c, f=f, g=g, d=-g, t=first, initial=f, fresh=jnp.zeros_like(c["fresh"]),
+                started=started, active=started & ~done, converged=started & done,
+                non_finite=c["optimise"] & ~finite)
+
+
+def _step(problem, c: dict, settings: Settings) -> dict:
+    """One evaluation per active lane. A fresh lane evaluates its start point; any other
+    tries one point: it accepts it (Armijo) and takes a new L-BFGS direction, or shrinks
+    the step for the next trial."""
+    m, dtype = settings.history, c["x"].dtype
+    lanes = jnp.arange(c["x"].shape[0])
+    fresh = c["fresh"]
+    active = c["active"] & ~fresh
+    slope = _dot(c["g"], c["d"])
+    trial = c["x"] + c["t"][:, None] * c["d"]
+    f_t, g_t = problem.losses_and_grads(jnp.where(active[:, None], trial, c["x"]))
+    started = _start(c, f_t, g_t, settings)
+    accept = active & jnp.isfinite(f_t) & (f_t <= c["f"] + ARMIJO * c["t"] * slope)
+    bad_gradient = accept & ~jnp.all(jnp.isfinite(g_t), axis=1)
+    accept = accept & ~bad_gradient
+
+    # Memory update for accepted lanes (only pairs with positive curvature).
+    s, y = trial - c["x"], g_t - c["g"]
+    sy = _dot(s, y)
+    store = accept & (sy > 1e-10 * jnp.sqrt(_dot(s, s) * _dot(y, y)))
+    slot = c["count"] % m
+    S = c["S"].at[lanes, slot].set(jnp.where(store[:, None], s, c["S"][lanes, slot]))
+    Y = c["Y"].at[lanes, slot].set(jnp.where(store[:, None], y, c["Y"][lanes, slot]))
+    rho = c["rho"].at[lanes, slot].set(jnp.where(store, 1.0 / jnp.where(store, sy, 1.0),
+                                                   c["rho"][lanes, slot]))
+    count = c["count"] + store
+
+    x = jnp.where(accept[:, None], trial, c["x"])
+    f = jnp.where(accept, f_t, c["f"])
+    g = jnp.where(accept[:, None], g_t, c["g"])
+    new_d = _direction(g, S, Y, rho, count)
+    # Not a descent direction (rounding, stale memory): fall back to steepest descent.
+    new_d = jnp.where((_dot(g, new_d) < 0)[:, None], new_d, -g)
+    d = jnp.where(accept[:, None], new_d, c["d"])
+    first = jnp.minimum(1.0, 1.0 / jnp.maximum(norm(g), 1e-30))
+    # A lane that needed a short step is likely to need one again: start the next search
+    # from GROW times the accepted step (capped at the quasi-Newton step 1) instead of 1.
+    t_accept = jnp.where(count > 0, jnp.minimum(1.0, GROW * c["t"]), first)
+    t_reject = _shrink(c["t"], c["f"], f_t, slope)
+    t = jnp.where(accept, t_accept, jnp.where(active, t_reject, c["t"])).astype(dtype)
+
+    rejections = jnp.where(accept, 0, c["rejections"] + (active & ~accept))
+    iterations = c["iterations"] + accept
+    # Converged: small gradient, exact fit, or a step whose gain is at float resolution
+    # (in float32, Armijo tests near the minimum otherwise fail on rounding alone).
+    negligible = accept & (c["f"] - f_t <= settings.ftol * jnp.abs(c["f"]))
+    done = accept & (_finished(f, g, settings) | negligible)
+    stalled = rejections > settings.max_linesearch
+    stepped = dict(c, x=x, f=f, g=g, d=d, t=t, S=S, Y=Y, rho=rho, count=count,
+                   active=active & ~done & ~stalled & ~bad_gradient
+                   & (iterations < settings.max_iter),
+                   converged=c["converged"] | done, non_finite=c["non_finite"] | bad_gradient,
+                   iterations=iterations, rejections=rejections, steps=c["steps"] + active)
+    return jax.tree.map(lambda a, b: jnp.where(_lanes_like(fresh, a), a, b), started, stepped)
+
+
+def _lanes_like(mask, a):
+    return mask.reshape(mask.shape + (1,) * (a.ndim - 1))
 
 
 def _shrink(t, f, f_t, slope):

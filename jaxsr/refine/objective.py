@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 from jax.tree_util import register_pytree_node_class
 
-from jaxsr.expr.programs import Programs, evaluate_programs, pairwise_sum
+from jaxsr.expr.programs import (Programs, evaluate_programs, loss_and_constant_grads,
+                                 pairwise_sum)
 
 INACTIVE_VALUE = -1e30  # finite: a line search compares it without producing NaN
 
@@ -65,10 +66,19 @@ class Problem:
         return pairwise_sum(weight * residual**2) * self.inverse_variance
 
     def losses_and_grads(self, consts: jax.Array):
-        """(B,) losses and (B, K) gradients in one forward and one reverse sweep."""
-        losses, vjp = jax.vjp(self.losses, consts)
-        (grads,) = vjp(jnp.ones_like(losses))  # the sum is separable: row i is lane i's grad
-        return losses, grads
+        """(B,) losses and (B, K) gradients: one fused forward and reverse sweep."""
+        targets = (self.y[self.dataset_index], self.weight[self.dataset_index])
+        losses, grads = loss_and_constant_grads(self.programs, consts, self.X,
+                                                self.dataset_index, _squared_error, targets)
+        return losses * self.inverse_variance, grads * self.inverse_variance[:, None]
+
+
+def _squared_error(prediction, y, weight):
+    """Per point: weighted squared error and its derivative in the prediction. Unused points
+    contribute exact zeros, which stay zero in the reverse sweep even where the formula is
+    undefined."""
+    residual = jnp.where(weight > 0, prediction - y, 0.0)
+    return weight * residual**2, 2 * weight * residual
 
 
 def _evaluate_lanes(consts, lanes, active, problem):

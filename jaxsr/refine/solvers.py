@@ -27,7 +27,7 @@ from jaxsr.refine.objective import lane_loss
 class Settings:
     """Static solver settings (they key the compiled code)."""
 
-    solver: str = "jaxopt"     # "jaxopt" (default), "optax" or "batched" (batched.py)
+    solver: str = "batched"    # "batched" (batched.py), "jaxopt" or "optax" (this module)
     max_iter: int = 50
     tol: float = 1e-8          # on the gradient norm of the normalised MSE
     exact_fit: float = 1e-14   # normalised MSE counted as a perfect fit
