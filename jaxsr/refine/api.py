@@ -158,7 +158,7 @@ def _result(exprs, outcome, initial, params0, has_constants, variance, seconds) 
 def _refine_on_devices(exprs, X, y, weight, dataset_index, init, seed, dtype, settings):
     """Runs the solver with the candidates split over the local devices (pmap) when there
     are several; returns host arrays (outcome, initial loss, start point, has-constants)."""
-    size = ProgramSize.fitting(exprs)
+    size = _bucketed(ProgramSize.fitting(exprs))
     params0 = np.zeros((len(exprs), size.constants))
     for i, e in enumerate(exprs):
         params0[i, : e.n_constants] = e.constants()
@@ -254,7 +254,7 @@ def _refine_in_rounds(exprs, data, params0, has_constants, size, settings):
     lanes = np.arange(len(exprs))
     while len(lanes):
         per_shard = max(MIN_LANES, 1 << (-(-len(lanes) // n_devices) - 1).bit_length())
-        round_size = ProgramSize(ProgramSize.fitting([exprs[i] for i in lanes]).ops,
+        round_size = ProgramSize(_bucketed(ProgramSize.fitting([exprs[i] for i in lanes])).ops,
                                  size.constants, size.depth)
         shards = _Shards(exprs, lanes, data, round_size, per_shard, params0.dtype)
         start = {k: shards.pad_and_shard(v[lanes], v[0]) for k, v in state.items()}
@@ -266,6 +266,13 @@ def _refine_in_rounds(exprs, data, params0, has_constants, size, settings):
             state[k][lanes] = v
         lanes = lanes[result["active"]]
     return batched.outcome(state), state["initial"]
+
+
+def _bucketed(size: ProgramSize) -> ProgramSize:
+    """Each field rounded up to a power of two (at least 4): calls with similar candidates
+    then share compiled code. Only buffer sizes grow; the work follows the actual nodes."""
+    up = lambda n: max(4, 1 << (int(n) - 1).bit_length())
+    return ProgramSize(up(size.ops), up(size.constants), up(size.depth))
 
 
 @functools.lru_cache(maxsize=32)
