@@ -1,0 +1,61 @@
+"""``jaxsr train``: arguments and the handler (``jaxsr/cli.py`` registers them)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="NAME_OR_JSON", default=None,
+        help="a recipe (tiny, small, paper) or a JSON file of TrainConfig fields; default: "
+             "the config saved in --workdir's latest checkpoint")
+    parser.add_argument("--workdir", required=True,
+                        help="checkpoints and logs; training resumes from the latest checkpoint")
+    parser.add_argument("--steps", type=int, default=None, help="total optimizer steps")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="FIELD=VALUE",
+                        help="override a TrainConfig field (repeatable), e.g. --set lr=4e-4 "
+                             "--set dtype=bfloat16 --set model.decoder_layers=8 "
+                             "--set generator.max_len=100")
+    parser.add_argument("--distributed", action="store_true",
+                        help="multi-host: call jax.distributed.initialize() first")
+    parser.add_argument("--export", metavar="OUT_DIR", default=None,
+                        help="then write the latest checkpoint's parameters as released "
+                             "weights to OUT_DIR (with --steps 0 or a finished run: export only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxsr.train.config import apply_overrides, load_config
+    from jaxsr.train.export import export_weights
+    from jaxsr.train.loop import NonFiniteLossError, train
+
+    overrides = [f"workdir={args.workdir}", *args.overrides]
+    if args.steps is not None:
+        overrides.append(f"steps={args.steps}")
+    if args.distributed:
+        overrides.append("distributed=true")
+    try:
+        if args.config is not None:
+            config = load_config(args.config, overrides)
+        else:
+            config = apply_overrides(_saved_config(args.workdir), overrides)
+        train(config)
+        if args.export:
+            out = export_weights(config.workdir, args.export)
+            print(f"exported the latest checkpoint's parameters to {out}")
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _saved_config(workdir: str):
+    from jaxsr.train.export import read_checkpoint_config
+
+    try:
+        return read_checkpoint_config(workdir)
+    except FileNotFoundError:
+        raise ValueError(f"{workdir} has no checkpoint to take the config from; "
+                         "pass --config tiny|small|paper|FILE.json") from None
