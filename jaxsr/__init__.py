@@ -3,7 +3,8 @@
 The public surface is re-exported here; submodules hold the implementation:
 ``jaxsr.expr`` (symbolic core), ``jaxsr.data`` (training data), ``jaxsr.model`` (Flax model),
 ``jaxsr.weights`` (weights format, reference-checkpoint converter), ``jaxsr.refine`` (batched
-constant refinement), ``jaxsr.datasets`` (bundled benchmark data). Names backed by JAX load
+constant refinement), ``jaxsr.datasets`` (bundled benchmark data), ``jaxsr.train`` (the
+trainer: ``jaxsr.train.train(config)``). Names backed by JAX load
 on first use, so ``import jaxsr`` stays light for numpy-only work.
 """
 
@@ -28,10 +29,18 @@ _LAZY = {
     "refine_constants": "jaxsr.refine", "RefineResult": "jaxsr.refine",
     "E2EModel": "jaxsr.model", "ModelConfig": "jaxsr.model", "get_config": "jaxsr.model",
     "load_model": "jaxsr.weights", "convert_reference": "jaxsr.weights",
+    "TrainConfig": "jaxsr.train",
+    "SymbolicTransformerRegressor": "jaxsr.regressor",
 }
 
 
+# Subpackages reachable as attributes without an explicit import: ``jaxsr.train.train(config)``.
+_LAZY_SUBPACKAGES = ("train",)
+
+
 def __getattr__(name):
+    if name in _LAZY_SUBPACKAGES:
+        return importlib.import_module(f"jaxsr.{name}")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'jaxsr' has no attribute {name!r}")
@@ -48,5 +57,6 @@ __all__ = [
     "ProgramSize", "Programs", "compile_programs", "evaluate_programs",
     "Generator", "GeneratorConfig", "batches", "RefineResult", "refine_constants",
     "E2EModel", "ModelConfig", "get_config", "load_model", "convert_reference",
+    "TrainConfig", "train", "SymbolicTransformerRegressor",
     "__version__",
 ]

@@ -11,6 +11,9 @@ import sys
 
 import numpy as np
 
+from jaxsr.regressor.command import add_arguments as add_fit_arguments  # imports no JAX
+from jaxsr.train.command import add_arguments as add_train_arguments  # imports no JAX
+
 
 def _info(args: argparse.Namespace) -> int:
     import jax
@@ -122,6 +125,34 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from jaxsr.train.command import run
+
+    return run(args)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from jaxsr.regressor.command import run
+
+    return run(args)
+
+
+def _enable_compilation_cache() -> None:
+    """Keeps XLA's compiled code on disk between runs (a command's first run compiles the
+    model and the evaluator for tens of seconds on a CPU; later runs load it). The location
+    is $JAXSR_CACHE_DIR, default ~/.cache/jaxsr/xla; JAXSR_CACHE_DIR="" turns it off. An
+    application's choice, so the library itself never sets it."""
+    import os
+
+    path = os.environ.get("JAXSR_CACHE_DIR", os.path.expanduser("~/.cache/jaxsr/xla"))
+    if not path:
+        return
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxsr", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -132,15 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="refine the constants of known formulas on bundled data")
     demo.add_argument("--seed", type=int, default=0, help="seed of the perturbed guesses")
     demo.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations at most")
-    demo.add_argument("--solver", default="jaxopt", choices=("jaxopt", "optax", "batched"),
+    demo.add_argument("--solver", default="batched", choices=("batched", "jaxopt", "optax"),
                       help="refinement solver (see jaxsr.refine.refine_constants)")
     convert = commands.add_parser(
         "convert", help="convert the reference's model1.pt to jaxsr weights (no torch needed)")
     convert.add_argument("model_pt", metavar="MODEL_PT",
                          help="the reference checkpoint, model1.pt")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="directory to write the weights to")
+    add_train_arguments(commands.add_parser(
+        "train", help="train a model; resumes from the latest checkpoint in --workdir"))
+    add_fit_arguments(commands.add_parser(
+        "fit", help="fit a formula to a table: jaxsr fit DATA --target COLUMN"))
     args = parser.parse_args(argv)
-    handlers = {"info": _info, "demo": _demo, "convert": _convert}
+    _enable_compilation_cache()
+    handlers = {"info": _info, "demo": _demo, "convert": _convert, "train": _train,
+                "fit": _fit}
     return handlers[args.command](args)
 
 

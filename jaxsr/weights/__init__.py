@@ -24,9 +24,11 @@ from jaxsr.weights.convert import (
 )
 from jaxsr.weights.format import (
     DEFAULT_DECODING,
+    UntrainedModelWarning,
     Weights,
     WeightsChecksumError,
     WeightsFormatError,
+    default_model_path,
     load_model,
     load_weights,
     read_weights_config,
@@ -35,7 +37,7 @@ from jaxsr.weights.format import (
 
 __all__ = [
     "Weights", "load_model", "load_weights", "read_weights_config", "save_weights",
-    "DEFAULT_DECODING",
+    "DEFAULT_DECODING", "default_model_path", "UntrainedModelWarning",
     "WeightsFormatError", "WeightsChecksumError", "ParamsMismatchError",
     "convert_reference", "read_reference_checkpoint", "unpickle_checkpoint",
     "config_from_reference", "check_vocabularies", "map_reference_state_dict",

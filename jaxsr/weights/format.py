@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -42,6 +43,16 @@ DEFAULT_DECODING = {
     "beam_early_stopping": True,
     "max_generated_output_len": 200,
 }
+
+
+# The trained model that ships inside the package (issue 10), in this format. Until it does,
+# "default" stands for the random-init FALLBACK_CONFIG, with a warning.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
+FALLBACK_CONFIG = "tiny"
+
+
+class UntrainedModelWarning(UserWarning):
+    """The model asked for is not trained: its formulas are random."""
 
 
 class WeightsFormatError(ValueError):
@@ -152,12 +163,32 @@ def read_weights_config(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     return _config_from_meta(meta, meta_path), meta
 
 
+def default_model_path() -> Path | None:
+    """The directory of the shipped default model, or None while none ships."""
+    return DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / META_FILE).is_file() else None
+
+
 def load_model(spec: str | os.PathLike, seed: int = 0) -> Weights:
     """A model by config name (``paper``/``small``/``tiny``: random weights, for training or
-    tests) or by path (a directory written by ``save_weights`` or ``jaxsr convert``)."""
+    tests), by path (a directory written by ``save_weights`` or ``jaxsr convert``), or
+    ``"default"``: the shipped default model; while none ships, the random-init
+    ``FALLBACK_CONFIG`` with an ``UntrainedModelWarning`` (``metadata["fallback_for"]`` says so).
+    """
     from jaxsr.model.config import CONFIGS, get_config
     from jaxsr.model.params import init_params
 
+    if isinstance(spec, str) and spec == "default":
+        path = default_model_path()
+        if path is not None:
+            return load_weights(path)
+        warnings.warn(
+            f"no trained default model ships with this jaxsr yet: using the untrained "
+            f"{FALLBACK_CONFIG!r} config with random weights instead: it has learned nothing, so its formulas are "
+            "random. Pass a weights directory to use trained weights.",
+            UntrainedModelWarning, stacklevel=2)
+        weights = load_model(FALLBACK_CONFIG, seed)
+        return dataclasses.replace(weights, metadata={**weights.metadata,
+                                                      "fallback_for": "default"})
     if isinstance(spec, str) and spec in CONFIGS:
         config = get_config(spec)
         return Weights(params=init_params(config, seed), config=config,
@@ -167,7 +198,8 @@ def load_model(spec: str | os.PathLike, seed: int = 0) -> Weights:
                        metadata={"random_init": {"config": spec, "seed": seed}})
     if not Path(spec).exists():
         raise WeightsFormatError(f"{spec!r} is neither a model config name "
-                                 f"({', '.join(sorted(CONFIGS))}) nor an existing path")
+                                 f"({', '.join(sorted(CONFIGS))}), 'default', nor an existing "
+                                 "path")
     return load_weights(spec)
 
 

@@ -1,0 +1,387 @@
+"""The sklearn regressor (issue 8): results, exports, bad input and sklearn's own checks.
+
+Two models keep this fast: the random ``tiny`` config (its sequences almost never parse,
+which exercises the flagged fallback), and ``toy``, tiny weights whose output bias restricts
+every sampled token to a few operators and leaves, so that sequences parse into small random
+formulas the way a young trained model's do. Most checks read one ``fit_many`` pass over
+several problems (one decode, one scoring and one refinement compilation).
+"""
+
+import pickle
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+import sympy
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from jaxsr import SymbolicTransformerRegressor
+from jaxsr.expr import Vocab
+from jaxsr.regressor import inputs
+from jaxsr.weights import UntrainedModelWarning, format, load_model, save_weights
+
+# Shared by every fit so that all of them reuse the same compiled decoder.
+FAST = {"n_candidates": 16, "max_len": 16, "random_state": 0}
+TOY_TOKENS = ("add", "mul", "sin", "x_0", "x_1", "2", "pi")
+# Python/numpy names of the functions an infix formula may call.
+NUMPY_NAMES = {"sin": np.sin, "cos": np.cos, "tan": np.tan, "exp": np.exp, "log": np.log,
+               "sqrt": np.sqrt, "abs": np.abs, "arcsin": np.arcsin, "arccos": np.arccos,
+               "arctan": np.arctan, "pi": np.pi, "E": np.e}
+
+# fit_many below warns about these on purpose (the fixture records and checks them).
+pytestmark = pytest.mark.filterwarnings("ignore:column names changed:UserWarning",
+                                        "ignore:X has 12 features:UserWarning")
+
+RNG = np.random.default_rng(0)
+X_LINE = RNG.uniform(-2, 2, (300, 2))
+Y_LINE = 2.5 * X_LINE[:, 0] + 1.0
+
+
+@pytest.fixture(scope="module")
+def toy_model(tmp_path_factory):
+    weights = load_model("tiny")
+    params = jax.tree.map(np.array, weights.params)
+    bias = np.zeros_like(params["decoder"]["proj"]["bias"])
+    bias[[Vocab.decoder()[t] for t in TOY_TOKENS]] = 30.0  # every other word: never sampled
+    params["decoder"]["proj"]["bias"] = bias
+    return str(save_weights(tmp_path_factory.mktemp("toy"), params, weights.config))
+
+
+def toy(path, **params):
+    return SymbolicTransformerRegressor(path, temperature=1.0, **{**FAST, **params})
+
+
+def tiny(**params):
+    return SymbolicTransformerRegressor("tiny", **{**FAST, **params})
+
+
+def _problems():
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.uniform(1, 3, (150, 3)), columns=["lambda", "E", "my var%"])
+    outliers = X_LINE.copy(), Y_LINE.copy(), np.ones(len(Y_LINE))
+    outliers[1][:30], outliers[2][:30] = 1e3, 0.0  # zero weight: must be ignored
+    wide = rng.normal(size=(200, 12))
+    return {
+        "line": (X_LINE, Y_LINE, None),
+        "frame": (frame, 0.5 * frame["E"] - 2.0, None),
+        "weighted": outliers,
+        "wide": (wide, 3.0 * wide[:, 11] + 0.1 * wide[:, 0], None),
+        "constant": (X_LINE, np.full(len(Y_LINE), 4.25), None),
+    }
+
+
+PROBLEMS = _problems()  # name: (X, y, sample_weight), fitted together by ``fitted``
+DATASETS = [d if d[2] is not None else d[:2] for d in PROBLEMS.values()]
+
+
+@pytest.fixture(scope="module")
+def fitted(toy_model):
+    """{problem name: fitted estimator} from one fit_many pass, with its warnings."""
+    template = toy(toy_model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimators = template.fit_many(DATASETS)
+    result = dict(zip(PROBLEMS, estimators))
+    result["_template"], result["_warnings"] = template, [str(w.message) for w in caught]
+    return result
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def test_fit_many_returns_one_fitted_clone_per_problem(fitted):
+    template = fitted["_template"]
+    assert not hasattr(template, "expressions_")  # the template is left unfitted
+    for name in PROBLEMS:
+        est = fitted[name]
+        assert est is not template and est.get_params() == template.get_params()
+        assert len(est.expressions_) == len(est.equations_) >= 1
+        assert set(est.timings_) >= {"encode", "decode", "parse", "score", "refine", "select"}
+
+
+def test_an_exact_formula_is_found_refined_and_ranked_first(fitted):
+    est = fitted["line"]
+    table = est.equations_
+    assert table.loc[0, "source"] == "model" and table.loc[0, "refined"]
+    assert table.loc[0, "r2"] > 1 - 1e-9
+    assert est.score(X_LINE, Y_LINE) > 1 - 1e-9
+    assert est.n_iter_ >= 1 and est.fallback_ is None
+    info = est.fit_info_
+    assert info["bags"] == 2 and info["sampled"] == 2 * FAST["n_candidates"]
+    assert info["valid"] + sum(info["dropped"].values()) == info["sampled"]
+    assert info["unique"] == len(table) <= info["valid"]
+
+
+def test_equations_table_is_ranked_and_labelled(fitted, toy_model):
+    table = fitted["line"].equations_
+    assert list(table.columns) == ["formula", "sympy", "complexity", "r2", "mse", "refined",
+                                   "source", "selected", "model"]
+    r2 = table["r2"].to_numpy()
+    assert np.all(np.diff(np.round(r2, 10)) <= 0)
+    ties = np.round(r2[:-1], 10) == np.round(r2[1:], 10)
+    assert np.all(np.diff(table["complexity"].to_numpy())[ties] >= 0)
+    assert table["selected"].tolist() == [True] + [False] * (len(table) - 1)
+    assert (table["model"] == toy_model).all() and table.attrs["model"] == toy_model
+    # Each row's R2 and MSE are the ones its predictions give.
+    est = fitted["line"]
+    for k in range(min(5, len(table))):
+        mse = np.mean((est.predict(X_LINE, index=k) - Y_LINE) ** 2)
+        assert table.loc[k, "mse"] == pytest.approx(mse, rel=1e-9, abs=1e-15)
+        assert table.loc[k, "r2"] == pytest.approx(1 - mse / Y_LINE.var(), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["line", "frame", "wide"])
+def test_printed_formula_evaluates_to_exactly_what_predict_returns(fitted, name):
+    est = fitted[name]
+    X, _, _ = PROBLEMS[name]
+    columns = dict(zip(est.variable_names_, np.asarray(X, float).T))
+    for k, (formula, expr) in enumerate(zip(est.equations_["formula"], est.equations_["sympy"])):
+        predicted = est.predict(X, index=k)
+        with np.errstate(all="ignore"):
+            printed = np.broadcast_to(eval(formula, {**NUMPY_NAMES}, columns), predicted.shape)
+            symbols = sorted(expr.free_symbols, key=lambda s: s.name)
+            via_sympy = sympy.lambdify(symbols, expr, "numpy")(*(columns[s.name] for s in symbols))
+        finite = np.isfinite(predicted)
+        np.testing.assert_allclose(printed[finite], predicted[finite], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.broadcast_to(via_sympy, predicted.shape)[finite],
+                                   predicted[finite], rtol=1e-9, atol=1e-9)
+        assert np.array_equal(np.isfinite(printed), finite)
+
+
+def test_dataframe_columns_name_the_variables_everywhere(fitted):
+    est = fitted["frame"]
+    assert list(est.feature_names_in_) == ["lambda", "E", "my var%"]
+    assert est.variable_names_ == ["lambda_", "E_", "my_var_"]
+    assert any("column names changed" in w and "'my var%': 'my_var_'" in w
+               for w in fitted["_warnings"])
+    for k, expr in enumerate(est.expressions_):
+        names = {est.variable_names_[v] for v in expr.variables()}
+        row = est.equations_.loc[k]
+        assert {s.name for s in row["sympy"].free_symbols} == names
+        assert all(name in row["formula"] and sympy.latex(sympy.Symbol(name)) in est.latex(k)
+                   for name in names)
+        assert "x_" not in row["formula"]
+    X, y, _ = PROBLEMS["frame"]
+    assert est.predict(X).shape == y.shape  # predict checks the column names, as sklearn
+
+
+def test_zero_weight_rows_change_nothing(fitted):
+    est = fitted["weighted"]
+    assert est.fit_info_["rows"] == len(Y_LINE) - 30
+    clean = slice(30, None)
+    assert est.score(X_LINE[clean], Y_LINE[clean]) > 1 - 1e-9
+
+
+def test_more_than_ten_features_keeps_ten_and_names_the_dropped(fitted):
+    est = fitted["wide"]
+    assert len(est.selected_features_) == 10 and 11 in est.selected_features_
+    dropped = est.fit_info_["dropped_features"]
+    assert len(dropped) == 2 and "x_11" not in dropped
+    assert any("X has 12 features" in w and ", ".join(dropped) in w
+               for w in fitted["_warnings"])
+    X, _, _ = PROBLEMS["wide"]
+    assert est.predict(X).shape == (len(X),)
+    assert max(v for e in est.expressions_ for v in e.variables()) <= 11
+
+
+def test_constant_target_answers_that_constant_flagged(fitted):
+    est = fitted["constant"]
+    assert est.best_ == "4.25" and "constant" in est.fallback_
+    assert est.equations_.loc[0, "source"] == "constant target"
+    np.testing.assert_array_equal(est.predict(X_LINE[:3]), 4.25)
+    assert est.fit_info_["bags"] == 0  # the model was not run
+
+
+def test_fit_many_is_reproducible(fitted, toy_model):
+    again = toy(toy_model).fit_many(DATASETS)
+    for name, est in zip(PROBLEMS, again):
+        assert [str(e) for e in est.expressions_] == [str(e) for e in fitted[name].expressions_]
+
+
+def test_jax_export_is_jittable_differentiable_and_matches_predict(fitted):
+    est = fitted["line"]
+    with jax.enable_x64(True):
+        f, params = est.jax()
+        values = jax.jit(f)(params, jnp.asarray(X_LINE))
+        np.testing.assert_allclose(values, est.predict(X_LINE), rtol=1e-12)
+        grad = jax.grad(lambda p: jnp.sum(f(p, X_LINE) ** 2))(params)
+        assert grad.shape == params.shape and bool(jnp.all(jnp.isfinite(grad)))
+        dx = jax.vmap(jax.grad(lambda x: f(params, x[None])[0]))(jnp.asarray(X_LINE[:4]))
+        np.testing.assert_allclose(dx[:, 0], 2.5, rtol=1e-6)  # d(2.5 x + 1)/dx
+
+
+def test_sympy_and_latex_exports(fitted):
+    est = fitted["line"]
+    expr = est.sympy()
+    assert isinstance(expr, sympy.Expr) and expr.free_symbols <= {sympy.Symbol("x_0", real=True),
+                                                                   sympy.Symbol("x_1", real=True)}
+    value = float(expr.subs({s: 1.0 for s in expr.free_symbols}))
+    assert value == pytest.approx(est.predict(np.ones((1, 2)))[0], rel=1e-9)
+    assert est.latex() == r"\frac{x_{0} + 0.4}{0.4}"  # y = 2.5 x_0 + 1, exactly
+    with pytest.raises(IndexError, match="a row of equations_"):
+        est.predict(X_LINE, index=len(est.expressions_))
+
+
+def test_pickle_keeps_results_and_no_weights(fitted):
+    est = fitted["line"]
+    est.equations_  # noqa: B018  (the cached table is dropped from the pickle)
+    data = pickle.dumps(est)
+    assert len(data) < 200_000  # the tiny model alone is 6.5 MB
+    loaded = pickle.loads(data)
+    np.testing.assert_array_equal(loaded.predict(X_LINE), est.predict(X_LINE))
+    assert loaded.equations_["formula"].tolist() == est.equations_["formula"].tolist()
+    copy = clone(est)
+    assert copy.get_params() == est.get_params() and not hasattr(copy, "expressions_")
+
+
+def test_max_time_returns_the_best_so_far(toy_model, fitted):
+    est = toy(toy_model, max_time=0.0).fit_many(DATASETS)[0]
+    assert est.stopped_early_ and not est.equations_["refined"].any()
+    assert est.fit_info_["bags"] == 2  # one decoding call holds every bag
+    assert est.equations_.loc[0, "r2"] < fitted["line"].equations_.loc[0, "r2"]
+
+
+# ---------------------------------------------------------------------------- fallbacks
+
+
+def test_untrained_model_falls_back_flagged_never_raises():
+    est = tiny().fit(X_LINE, Y_LINE)
+    assert est.fallback_.startswith("no sampled sequence gave a usable formula")
+    table = est.equations_
+    assert table["source"].tolist() == ["fallback: linear fit", "fallback: mean"]
+    assert table.loc[0, "r2"] > 1 - 1e-12  # y is linear in x
+    assert "untrained" in est.model_label_ and "untrained" in table.loc[0, "model"]
+    assert est.fit_info_["valid"] == 0 and sum(est.fit_info_["dropped"].values()) == 32
+
+
+@pytest.mark.parametrize("decoding, per_bag", [("greedy", 1), ("beam", 4)])
+def test_greedy_and_beam_decoding(decoding, per_bag):
+    est = tiny(decoding=decoding, n_candidates=4).fit(X_LINE, Y_LINE)
+    assert est.fit_info_["sampled"] == 2 * per_bag  # two bags of 150 points
+    assert est.equations_.loc[0, "r2"] > 1 - 1e-12
+
+
+def test_default_model_stands_in_with_a_warning(monkeypatch, tmp_path, toy_model):
+    monkeypatch.setattr(format, "DEFAULT_MODEL_DIR", tmp_path / "missing")
+    est = SymbolicTransformerRegressor(**FAST)
+    with pytest.warns(UntrainedModelWarning, match="no trained default model"):
+        est.fit(X_LINE, Y_LINE)
+    assert "standing in for the default" in est.model_label_ and est.fit_info_["untrained"]
+    assert est.__sklearn_tags__().regressor_tags.poor_score
+    # Once weights ship at DEFAULT_MODEL_DIR, "default" loads them, silently.
+    monkeypatch.setattr(format, "DEFAULT_MODEL_DIR", __import__("pathlib").Path(toy_model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedModelWarning)
+        est = SymbolicTransformerRegressor(temperature=1.0, refine=False, **FAST)
+        est.fit(X_LINE, Y_LINE)
+    assert est.model_label_.startswith("default (") and not est.fit_info_["untrained"]
+
+
+def test_huge_magnitudes_are_standardised():
+    est = tiny().fit(X_LINE * 1e30, Y_LINE * 1e30)
+    prediction = est.predict(X_LINE * 1e30)
+    np.testing.assert_allclose(prediction, Y_LINE * 1e30, rtol=1e-9)
+    assert est.equations_.loc[0, "r2"] > 1 - 1e-12
+
+
+def test_verbose_prints_progress_and_timings(capsys):
+    tiny(verbose=1).fit(X_LINE, Y_LINE)
+    out = capsys.readouterr().out
+    assert "model tiny (random weights, untrained)" in out
+    assert "seconds: encode" in out and "fallback:" in out
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def _with(array, row, column, value):
+    array = np.array(array, float)
+    array[row, column] = value
+    return array
+
+
+BAD_INPUT = {
+    "NaN in X": (lambda: (_with(X_LINE, 7, 1, np.nan), Y_LINE),
+                 r"X contains NaN \(1 value\(s\)\) at rows 7, columns 1"),
+    "inf in X": (lambda: (_with(X_LINE, [3, 4], 0, np.inf), Y_LINE),
+                 r"X contains inf \(2 value\(s\)\) at rows 3, 4, columns 0"),
+    "NaN in a named column": (
+        lambda: (pd.DataFrame(_with(X_LINE, 2, 1, np.nan), columns=["a", "b"]), Y_LINE),
+        r"X contains NaN .* at rows 2, columns b"),
+    "NaN in y": (lambda: (X_LINE, _with(Y_LINE[:, None], 5, 0, np.nan)[:, 0]),
+                 r"y contains NaN \(1 value\(s\)\) at rows 5"),
+    "one row": (lambda: (X_LINE[:1], Y_LINE[:1]), "1 sample"),
+    "mismatched lengths": (lambda: (X_LINE, Y_LINE[:-1]), "X has 300 rows but y has 299"),
+    "non-numeric columns": (
+        lambda: (pd.DataFrame({"a": [1.0, 2.0, 3.0], "city": ["x", "y", "z"],
+                               "when": pd.to_datetime(["2020", "2021", "2022"])}),
+                 np.arange(3.0)),
+        "non-numeric columns: 'city', 'when'"),
+    "y beyond the float encoding": (lambda: (X_LINE, Y_LINE * 1e150), "y reaches"),
+    "negative weights": (lambda: (X_LINE, Y_LINE, -np.ones(len(Y_LINE))), "non-negative"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_gets_a_clear_error(case):
+    make, message = BAD_INPUT[case]
+    with pytest.raises(ValueError, match=message):
+        tiny().fit(*make())
+
+
+def test_fit_many_names_the_bad_dataset():
+    with pytest.raises(ValueError, match="dataset 1: X contains NaN"):
+        tiny().fit_many([(X_LINE, Y_LINE), (_with(X_LINE, 0, 0, np.nan), Y_LINE)])
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"n_candidates": 0}, "n_candidates must be an int >= 1"),
+    ({"decoding": "top-k"}, "decoding must be one of"),
+    ({"temperature": 0.0}, "temperature must be a positive number"),
+    ({"max_len": 5000}, r"max_len must be an int \[1, 4096\]"),
+    ({"max_time": -1}, "max_time must be a non-negative number"),
+    ({"model": "no/such/weights"}, "neither a model config name"),
+])
+def test_bad_parameters_are_named_at_fit(params, message):
+    est = SymbolicTransformerRegressor(**{**FAST, "model": "tiny", **params})
+    # (__init__ validates nothing, as sklearn requires)
+    with pytest.raises(ValueError, match=message):
+        est.fit(X_LINE, Y_LINE)
+
+
+def test_formula_names_are_safe_identifiers():
+    names, renamed = inputs.formula_names(["x", "E", "lambda", "2x", "a b", "a_b", "sin", "N"], 8)
+    assert names == ["x", "E_", "lambda_", "x_2x", "a_b", "a_b_2", "sin_", "N_"]
+    assert renamed == {"E": "E_", "lambda": "lambda_", "2x": "x_2x", "a b": "a_b",
+                       "a_b": "a_b_2", "sin": "sin_", "N": "N_"}
+    for name in names:
+        assert sympy.sympify(name) == sympy.Symbol(name)
+
+
+# ---------------------------------------------------------------------------- sklearn
+
+
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "its X has 30 features: the 10 the model reads are chosen by mutual information, a "
+        "nearest-neighbour estimate without sample weights, so repeating rows and weighting "
+        "them select different features (and the model reads each point once, whatever its "
+        "weight: weights act in scoring, refinement and the fallback fit)"),
+    "check_non_transformer_estimators_n_iter": (
+        "max_iter bounds the L-BFGS refinement; the random tiny model yields no formula to "
+        "refine (the fallback is a closed-form fit), so n_iter_ is 0"),
+}
+
+
+@parametrize_with_checks(
+    [SymbolicTransformerRegressor("tiny", n_candidates=2, max_len=8, max_number_bags=2,
+                                  random_state=0)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # dropped-feature warnings
+        check(estimator)
