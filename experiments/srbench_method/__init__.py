@@ -1,0 +1,1 @@
+"""jaxsr as an SRBench method: copy this folder into an SRBench checkout (see regressor.py)."""
