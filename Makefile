@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
+# The main job: fit a formula to a bundled example with the default model.
 demo: $(STAMP)
-	$(BIN)/jaxsr demo
+	$(BIN)/jaxsr fit strogatz:lv1 --target label
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

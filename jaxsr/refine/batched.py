@@ -12,6 +12,10 @@ serves every candidate, whatever the others are doing.
 Per candidate the algorithm is textbook L-BFGS with backtracking (two-loop recursion,
 memory ``history``, pairs kept only when s.y > 0, first step 1/|g|). All state carries a
 leading candidate axis and is updated with masks, so candidates never interact.
+
+The state is a dict of arrays that lives on the host between *rounds*: ``run_round`` steps
+a batch until few of its lanes remain active, and the caller (``api._refine_in_rounds``)
+moves the survivors into a smaller batch for the next round.
 """
 
 from __future__ import annotations
