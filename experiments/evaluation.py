@@ -54,12 +54,14 @@ N_TEST_POINTS = 200
 
 
 def validation_samples(seed: int, n_problems: int, *,
-                       sigmas=(1.0, 2.0, 4.0, 8.0, 16.0, 32.0)) -> Iterator[Sample]:
+                       sigmas=(1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
+                       generator_overrides: dict | None = None) -> Iterator[Sample]:
     """The first ``n_problems`` evaluation samples of the generator seeded ``seed`` (reference
-    defaults; 200 fit points; 200 test points per sigma), one at a time (10,000 samples with
-    all their test sets take over a gigabyte)."""
-    config = GeneratorConfig(seed=seed, max_len=200, n_prediction_points=N_TEST_POINTS,
-                             prediction_sigmas=tuple(sigmas))
+    defaults unless ``generator_overrides`` narrows them; 200 fit points; 200 test points per
+    sigma), one at a time (10,000 samples with all their test sets take over a gigabyte)."""
+    config = GeneratorConfig(**{**(generator_overrides or {}), "seed": seed, "max_len": 200,
+                                "n_prediction_points": N_TEST_POINTS,
+                                "prediction_sigmas": tuple(sigmas)})
     generator = Generator(config)
     return (generator.sample(i, evaluation=True) for i in range(n_problems))
 

@@ -16,6 +16,7 @@ Writes ``in_domain_results.csv`` (one row per problem, N and variant), ``table2.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ from experiments.evaluation import (
     summarise,
     validation_samples,
 )
+from jaxsr.data import GeneratorConfig
 
 POINT_COUNTS = (50, 100, 150, 200)
 # anchors.md 1.1: Table 2 of the paper (metrics over its 10,000 validation examples).
@@ -62,6 +64,9 @@ class Settings:
     fit: common.FitSettings = dataclasses.field(
         default_factory=lambda: common.FitSettings(max_number_bags=1, n_candidates=10))
     batch_size: int = 256             # fits per fit_many call
+    # GeneratorConfig fields that narrow the validation set (e.g. to a model's training
+    # ranges); empty: the reference's full ranges, as in the paper.
+    generator: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> Settings:
@@ -71,7 +76,8 @@ class Settings:
 
 def build_tasks(seed: int, settings: Settings) -> list[Task]:
     tasks = []
-    for sample in validation_samples(seed, settings.n_problems):
+    for sample in validation_samples(seed, settings.n_problems,
+                                     generator_overrides=settings.generator):
         test = sample.prediction[1.0]
         for n_points in settings.point_counts:
             x, y = fit_subset(sample, n_points, seed)
@@ -104,15 +110,38 @@ def table_by_points(results: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={**COLUMNS, "n_points": "N"})
 
 
+def _generator_overrides(pairs: list[str]) -> dict:
+    """FIELD=VALUE words -> GeneratorConfig overrides (values parsed as JSON, else text)."""
+    overrides = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--generator expects FIELD=VALUE, got {pair!r}")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value
+    try:
+        GeneratorConfig(**overrides)  # unknown fields or bad values fail here, with their name
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--generator: {err}") from None
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__.splitlines()[0])
     parser.add_argument("--n-problems", type=int, default=None,
                         help="validation functions (default 10,000 as in the paper; 3 with "
                              "--quick)")
+    parser.add_argument("--generator", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="GeneratorConfig fields narrowing the validation set, e.g. "
+                             "max_input_dimension=3 (default: the reference's ranges)")
     args = parser.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     if args.n_problems is not None:
         settings = dataclasses.replace(settings, n_problems=args.n_problems)
+    if args.generator:
+        settings = dataclasses.replace(settings, generator=_generator_overrides(args.generator))
     out, clock = common.start(args)
 
     print(f"in-domain evaluation: {settings.n_problems} functions x N in "

@@ -269,3 +269,19 @@ def test_srbench_quick(tmp_path, data_dir):
     assert set(summary["family"]) == {"feynman", "strogatz"}
     assert "Operon (SRBench v2.0)" in set(pd.read_csv(out / "anchors.csv")["method"])
     assert _provenance(out)["problems"] == sorted(srbench.QUICK_PROBLEMS)
+
+
+def test_in_domain_generator_overrides_narrow_the_validation_set():
+    from experiments.evaluation import validation_samples
+    from experiments.in_domain import _generator_overrides
+
+    overrides = _generator_overrides(["max_input_dimension=1", "max_unary_ops=0"])
+    assert overrides == {"max_input_dimension": 1, "max_unary_ops": 0}
+    narrow = list(validation_samples(0, 4, generator_overrides=overrides))
+    assert all(s.info.dimension == 1 and s.info.n_unary_ops == 0 for s in narrow)
+    full = list(validation_samples(0, 4))
+    assert any(s.info.dimension > 1 for s in full)
+    with pytest.raises(SystemExit, match="bogus"):
+        _generator_overrides(["bogus=3"])
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        _generator_overrides(["max_unary_ops"])
