@@ -342,3 +342,18 @@ def test_training_checkpoint_dict_with_ddp_prefixes_converts(tmp_path, converted
     ours = flatten_params(weights.params)
     for key, value in flatten_params(converted.params).items():
         np.testing.assert_array_equal(ours[key], value, err_msg=key)
+
+
+def test_the_shipped_default_model_loads_by_name_with_its_checksum():
+    import warnings
+
+    from jaxsr.model import count_params
+    from jaxsr.weights import UntrainedModelWarning, default_model_path
+
+    assert default_model_path() is not None, "jaxsr/weights/default is missing"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedModelWarning)
+        weights = load_model("default")  # verifies the recorded sha256
+    assert weights.metadata["source"]["kind"] == "jaxsr train"
+    assert weights.metadata["source"]["step"] > 0
+    assert count_params(weights.params) == 1_641_508
