@@ -23,8 +23,12 @@ import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 from jax.tree_util import register_pytree_node_class
 
-from jaxsr.expr.programs import (Programs, evaluate_programs, loss_and_constant_grads,
-                                 pairwise_sum)
+from jaxsr.expr.programs import (
+    Programs,
+    evaluate_programs,
+    loss_and_constant_grads,
+    pairwise_sum,
+)
 
 INACTIVE_VALUE = -1e30  # finite: a line search compares it without producing NaN
 

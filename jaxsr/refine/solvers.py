@@ -11,7 +11,8 @@ converged or stalled lanes stop, and the loop ends when no lane is active.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
