@@ -39,7 +39,7 @@ from jaxsr.expr import Expr
 from jaxsr.expr.tokens import MAX_INPUT_DIMENSION
 from jaxsr.metrics import acc_tau, r2_zero
 from jaxsr.refine import refine_constants
-from jaxsr.regressor.pipeline import REFINE_SOLVER, bucket, next_power_of_two, padded
+from jaxsr.regressor.pipeline import REFINE_SOLVER, next_power_of_two
 
 NO_REFINEMENT = "no refinement"
 MODEL_INIT = "refinement (model constants)"
@@ -125,16 +125,14 @@ def refine_candidates(fitted: list, tasks: list[Task], *, init: str, seed: int,
     began = time.perf_counter()
     refined = []
     if trees:
-        # Padded as the regressor pads (candidates to a bucket size, data to a power of two
-        # and the model's width), so that batch after batch reuses one compiled solver.
-        size = bucket(len(trees))
+        # Data padded as the regressor pads it (a power of two of rows, the model's width);
+        # refine_constants rounds the candidate batch itself, so compiled code is reused.
         X, y, weight = _stack_datasets([(task.x, task.y) for task in tasks])
-        result = refine_constants(padded(trees, size), X, y, sample_weight=weight,
-                                  dataset_index=np.asarray(padded(owner, size)), init=init,
-                                  seed=seed, max_iter=max_iter, solver=REFINE_SOLVER,
-                                  dtype="float64")
-        refined = result.exprs[: len(trees)]
-        r2 = np.where(np.isfinite(result.r2), result.r2, -np.inf)[: len(trees)]
+        result = refine_constants(trees, X, y, sample_weight=weight,
+                                  dataset_index=np.asarray(owner), init=init, seed=seed,
+                                  max_iter=max_iter, solver=REFINE_SOLVER, dtype="float64")
+        refined = result.exprs
+        r2 = np.where(np.isfinite(result.r2), result.r2, -np.inf)
     seconds = (time.perf_counter() - began) / len(tasks)
     choices = []
     for t, est in enumerate(fitted):

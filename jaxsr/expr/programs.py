@@ -462,16 +462,9 @@ BLOCK_BYTES = 24 << 20
 
 
 def _block_points(p: Programs, x_rows, buffers: int) -> int:
-    """Points per block: all of them if ``buffers`` value buffers fit BLOCK_BYTES, else the
-    largest power of two that fits. Power-of-two blocks are aligned subtrees of
-    ``pairwise_sum``'s order over the points, so blocked gradients keep the same bits."""
-    rows = x_rows.shape[0] + p.n_node_rows
-    per_point = rows * x_rows.dtype.itemsize * buffers
-    n_points = x_rows.shape[1]
-    if per_point * n_points <= BLOCK_BYTES:
-        return n_points
-    fit = max(1, BLOCK_BYTES // per_point)
-    return 1 << (fit.bit_length() - 1)
+    """Points per block when ``buffers`` value buffers are live (see ``_block_points_for_rows``)."""
+    rows = (x_rows.shape[0] + p.n_node_rows) * buffers
+    return _block_points_for_rows(rows, x_rows.dtype.itemsize, x_rows.shape[1])
 
 
 def _blocks(a, size: int):
@@ -677,7 +670,9 @@ def _reverse_gather_sweep(frame: _Frame, rows: _CotangentRows, buf, g):
 
 
 def _block_points_for_rows(rows: int, itemsize: int, n_points: int) -> int:
-    """Points per block for buffers of ``rows`` rows in all (see ``_block_points``)."""
+    """Points per block for buffers of ``rows`` rows in all: all of them if they fit
+    BLOCK_BYTES, else the largest power of two that fits. Power-of-two blocks are aligned
+    subtrees of ``pairwise_sum``'s order over the points, so blocked sums keep the same bits."""
     per_point = rows * itemsize
     if per_point * n_points <= BLOCK_BYTES:
         return n_points

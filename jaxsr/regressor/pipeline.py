@@ -394,22 +394,22 @@ def refine(pool: Pool, problems: list[Problem], settings: Settings, clock: Clock
     users = np.unique(pool.problem)  # the datasets refine_constants needs, in order
     X, y, weight = stack_fit_rows([problems[i] for i in users], Problem.user_units,
                                   _width(problems))
-    size = bucket(len(pool.exprs))
-    index = padded(list(np.searchsorted(users, pool.problem)), size)
-    exprs, left = padded(pool.exprs, size), settings.max_iter
-    iterations = np.zeros(size, int)
+    # No candidate padding here: refine_constants rounds its batch to reusable sizes with
+    # idle lanes, whereas padding copies would be refined for nothing.
+    index = np.searchsorted(users, pool.problem)
+    exprs, left = pool.exprs, settings.max_iter
+    iterations = np.zeros(len(exprs), int)
     while left > 0:
         step = left if clock.deadline is None else min(left, ROUND_ITERATIONS)
-        result = refine_constants(exprs, X, y, sample_weight=weight, dataset_index=np.asarray(index),
+        result = refine_constants(exprs, X, y, sample_weight=weight, dataset_index=index,
                                   max_iter=step, solver=REFINE_SOLVER, dtype="float64")
         exprs, left = result.exprs, left - step
         iterations += result.iterations
         if not np.any(result.iterations == step) or clock.out_of_time():
             break  # every candidate stopped on its own, or time is up
-    n = len(pool.exprs)
-    pool.exprs, pool.mse, pool.r2 = exprs[:n], result.loss[:n], result.r2[:n]
+    pool.exprs, pool.mse, pool.r2 = exprs, result.loss, result.r2
     pool.refined = np.array([e.n_constants > 0 for e in pool.exprs])
-    pool.iterations = iterations[:n]
+    pool.iterations = iterations
     return pool
 
 
