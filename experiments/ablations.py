@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="validation functions (default 1,000; 2 with --quick)")
     args = parser.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
+    settings = dataclasses.replace(settings, fit=common.fit_settings(settings.fit, args.fit))
     if args.n_problems is not None:
         settings = dataclasses.replace(settings, n_problems=args.n_problems)
     out, clock = common.start(args)

@@ -58,7 +58,9 @@ def data_file(data_dir: str | os.PathLike, *parts: str) -> Path:
 
 
 def parser(description: str, *, data: bool = False) -> argparse.ArgumentParser:
-    """An argument parser with the options every experiment takes."""
+    """An argument parser with the options every experiment takes, ``--fit`` included: the
+    regressor's search settings as FIELD=VALUE words (see ``FitSettings`` and
+    ``fit_settings``)."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="default",
@@ -70,10 +72,33 @@ def parser(description: str, *, data: bool = False) -> argparse.ArgumentParser:
                                                        "sampling")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run (about a minute on CPU with --model tiny), as used in CI")
+    p.add_argument("--fit", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="override the regressor's search settings, e.g. n_candidates=100 "
+                        "temperature=0.5 max_number_bags=4 (fields of FitSettings)")
     if data:
         p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                        help="the shared benchmark data folder (feynman/, strogatz/)")
     return p
+
+
+def assignments(option: str, pairs: list[str], cls) -> dict:
+    """FIELD=VALUE words given to ``option`` -> keyword arguments of the dataclass ``cls``
+    (values parsed as JSON, else kept as text); an unknown field or a bad value exits naming
+    the option and the problem."""
+    overrides = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"{option} expects FIELD=VALUE, got {pair!r}")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value
+    try:
+        cls(**overrides)  # unknown fields or bad values fail here, with their name
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"{option}: {err}") from None
+    return overrides
 
 
 # ---------------------------------------------------------------------------- the regressor
@@ -94,6 +119,11 @@ class FitSettings:
 
     def replace(self, **changes) -> FitSettings:
         return dataclasses.replace(self, **changes)
+
+
+def fit_settings(base: FitSettings, pairs: list[str]) -> FitSettings:
+    """``base`` with the ``--fit FIELD=VALUE`` overrides applied."""
+    return base.replace(**assignments("--fit", pairs, FitSettings))
 
 
 def make_regressor(model: str, settings: FitSettings, *, refine: bool = True, seed: int = 0):

@@ -16,7 +16,6 @@ Writes ``in_domain_results.csv`` (one row per problem, N and variant), ``table2.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -110,24 +109,6 @@ def table_by_points(results: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={**COLUMNS, "n_points": "N"})
 
 
-def _generator_overrides(pairs: list[str]) -> dict:
-    """FIELD=VALUE words -> GeneratorConfig overrides (values parsed as JSON, else text)."""
-    overrides = {}
-    for pair in pairs:
-        field, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--generator expects FIELD=VALUE, got {pair!r}")
-        try:
-            overrides[field] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[field] = value
-    try:
-        GeneratorConfig(**overrides)  # unknown fields or bad values fail here, with their name
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"--generator: {err}") from None
-    return overrides
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__.splitlines()[0])
     parser.add_argument("--n-problems", type=int, default=None,
@@ -138,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
                              "max_input_dimension=3 (default: the reference's ranges)")
     args = parser.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
+    settings = dataclasses.replace(settings, fit=common.fit_settings(settings.fit, args.fit))
     if args.n_problems is not None:
         settings = dataclasses.replace(settings, n_problems=args.n_problems)
     if args.generator:
-        settings = dataclasses.replace(settings, generator=_generator_overrides(args.generator))
+        settings = dataclasses.replace(
+            settings, generator=common.assignments("--generator", args.generator, GeneratorConfig))
     out, clock = common.start(args)
 
     print(f"in-domain evaluation: {settings.n_problems} functions x N in "

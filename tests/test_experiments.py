@@ -273,15 +273,27 @@ def test_srbench_quick(tmp_path, data_dir):
 
 def test_in_domain_generator_overrides_narrow_the_validation_set():
     from experiments.evaluation import validation_samples
-    from experiments.in_domain import _generator_overrides
+    from jaxsr.data import GeneratorConfig
 
-    overrides = _generator_overrides(["max_input_dimension=1", "max_unary_ops=0"])
+    overrides = common.assignments("--generator", ["max_input_dimension=1", "max_unary_ops=0"],
+                                   GeneratorConfig)
     assert overrides == {"max_input_dimension": 1, "max_unary_ops": 0}
     narrow = list(validation_samples(0, 4, generator_overrides=overrides))
     assert all(s.info.dimension == 1 and s.info.n_unary_ops == 0 for s in narrow)
     full = list(validation_samples(0, 4))
     assert any(s.info.dimension > 1 for s in full)
-    with pytest.raises(SystemExit, match="bogus"):
-        _generator_overrides(["bogus=3"])
+    with pytest.raises(SystemExit, match="--generator.*bogus"):
+        common.assignments("--generator", ["bogus=3"], GeneratorConfig)
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
-        _generator_overrides(["max_unary_ops"])
+        common.assignments("--generator", ["max_unary_ops"], GeneratorConfig)
+
+
+def test_fit_option_overrides_the_search_settings_by_name():
+    base = common.FitSettings(max_number_bags=10, n_candidates=10)
+    changed = common.fit_settings(base, ["n_candidates=50", "temperature=0.5",
+                                         "decoding=beam"])
+    assert (changed.n_candidates, changed.temperature, changed.decoding) == (50, 0.5, "beam")
+    assert changed.max_number_bags == 10  # untouched fields keep the experiment's value
+    assert common.fit_settings(base, []) == base
+    with pytest.raises(SystemExit, match="--fit.*n_candidate"):
+        common.fit_settings(base, ["n_candidate=5"])
