@@ -385,3 +385,16 @@ def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # dropped-feature warnings
         check(estimator)
+
+
+def test_bags_hold_as_many_points_as_the_weights_were_trained_on(toy_model, tmp_path):
+    weights = load_model(toy_model)
+    trained_on_100 = save_weights(tmp_path / "w", weights.params, weights.config,
+                                  decoding={**weights.decoding, "max_input_points": 100})
+    # 300 rows: bags of the recorded 100 points, of the reference's 200 when the weights do
+    # not say, and of whatever the user passes.
+    assert toy(str(trained_on_100), max_number_bags=None).fit(
+        X_LINE, Y_LINE).fit_info_["bags"] == 3
+    assert toy(toy_model, max_number_bags=None).fit(X_LINE, Y_LINE).fit_info_["bags"] == 2
+    assert toy(str(trained_on_100), max_input_points=300).fit(
+        X_LINE, Y_LINE).fit_info_["bags"] == 1

@@ -303,6 +303,7 @@ def test_exported_weights_load_as_a_model(reference, tmp_path):
     for a, b in zip(jax.tree.leaves(weights.params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     assert weights.config == get_config("tiny")
+    assert weights.decoding["max_input_points"] == 20  # the regressor's bag size follows it
 
 
 def _event_class():

@@ -27,7 +27,9 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         config with a warning), a config name ("tiny", "small", "paper": random weights),
         or the path of a weights directory. Weights load once per process; the estimator
         keeps only this string.
-      max_input_points: points per bag (the model was trained on at most 200).
+      max_input_points: points per bag; None (the default) for as many as the model was
+        trained on (the weights record it: 100 for the shipped default model, 200 for the
+        reference's). More than that puts the model out of its training distribution.
       max_number_bags: bags per problem at most; None for all.
       n_candidates: formulas sampled per bag (the beam size for "beam"; 1 for "greedy").
       decoding: "sampling", "beam" or "greedy".
@@ -56,7 +58,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
       n_iter_: the most L-BFGS iterations any candidate ran (0 when none was refined).
     """
 
-    def __init__(self, model="default", *, max_input_points=200, max_number_bags=10,
+    def __init__(self, model="default", *, max_input_points=None, max_number_bags=10,
                  n_candidates=100, decoding="sampling", temperature=None, max_len=200,
                  refine=True, max_iter=50, max_time=None, random_state=None, verbose=0):
         self.model = model
@@ -121,7 +123,10 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
 
     def _settings(self, loaded: models.LoadedModel, seed: int) -> pipeline.Settings:
         """The parameters, checked (here rather than in __init__, as sklearn asks)."""
-        _check_int("max_input_points", self.max_input_points, 1)
+        max_points = self.max_input_points
+        if max_points is None:
+            max_points = loaded.max_input_points
+        _check_int("max_input_points", max_points, 1)
         if self.max_number_bags is not None:
             _check_int("max_number_bags", self.max_number_bags, 1)
         _check_int("n_candidates", self.n_candidates, 1)
@@ -139,7 +144,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         if not isinstance(self.refine, (bool, np.bool_)):
             raise TypeError(f"refine must be True or False, got {self.refine!r}")
         return pipeline.Settings(
-            max_input_points=self.max_input_points, max_number_bags=self.max_number_bags,
+            max_input_points=max_points, max_number_bags=self.max_number_bags,
             n_candidates=self.n_candidates, decoding=self.decoding,
             temperature=float(temperature), max_len=self.max_len, refine=bool(self.refine),
             max_iter=self.max_iter, max_time=self.max_time, seed=seed)

@@ -21,6 +21,9 @@ from jaxsr.weights import UntrainedModelWarning, load_model
 from jaxsr.weights.format import FALLBACK_CONFIG, META_FILE, default_model_path
 
 
+REFERENCE_MAX_POINTS = 200  # the reference generator's max_len: points per training set
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
     """A model ready to decode, and how to name it in every output."""
@@ -35,6 +38,12 @@ class LoadedModel:
     @property
     def max_features(self) -> int:
         return self.model.config.max_input_dimension
+
+    @property
+    def max_input_points(self) -> int:
+        """The most points per set the model was trained on (weights exported by ``jaxsr
+        train`` record it; the reference, and weights that do not say, used 200)."""
+        return int(self.decoding.get("max_input_points", REFERENCE_MAX_POINTS))
 
 
 def is_untrained(spec) -> bool:

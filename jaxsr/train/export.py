@@ -10,7 +10,7 @@ import numpy as np
 from jaxsr.model import abstract_params
 from jaxsr.train.checkpoint import Checkpoints
 from jaxsr.train.config import TrainConfig
-from jaxsr.weights.format import save_weights
+from jaxsr.weights.format import DEFAULT_DECODING, save_weights
 
 
 def read_checkpoint_config(workdir: str | Path, step: int | None = None) -> TrainConfig:
@@ -34,5 +34,7 @@ def export_weights(workdir: str | Path, out_dir: str | Path, step: int | None = 
         params = checkpoints.restore_params(target, meta["step"])
     metadata = {"source": {"kind": "jaxsr train", "workdir": str(Path(workdir).resolve()),
                            "step": meta["step"], "train_config": meta["config"]}}
+    # The regressor feeds bags of at most as many points as the model was trained on.
+    decoding = {**DEFAULT_DECODING, "max_input_points": config.generator_config().max_len}
     return save_weights(out_dir, params, config.model_config().replace(dtype="float32"),
-                        metadata=metadata)
+                        decoding=decoding, metadata=metadata)
