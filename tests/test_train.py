@@ -304,6 +304,10 @@ def test_exported_weights_load_as_a_model(reference, tmp_path):
         np.testing.assert_array_equal(a, b)
     assert weights.config == get_config("tiny")
     assert weights.decoding["max_input_points"] == 20  # the regressor's bag size follows it
+    chosen = load_weights(export_weights(workdir, tmp_path / "w2",
+                                         decoding={"max_input_points": 8}))
+    assert chosen.decoding["max_input_points"] == 8
+    assert chosen.decoding["beam_temperature"] == weights.decoding["beam_temperature"]
 
 
 def _event_class():

@@ -27,9 +27,10 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         config with a warning), a config name ("tiny", "small", "paper": random weights),
         or the path of a weights directory. Weights load once per process; the estimator
         keeps only this string.
-      max_input_points: points per bag; None (the default) for as many as the model was
-        trained on (the weights record it: 100 for the shipped default model, 200 for the
-        reference's). More than that puts the model out of its training distribution.
+      max_input_points: points per bag; None (the default) for the size the weights record:
+        the most the model was trained on, or a size measured to work better (50 for the
+        shipped default model, trained on 5-100), 200 for the reference's. More points than
+        the model was trained on put it out of its training distribution.
       max_number_bags: bags per problem at most; None for all.
       n_candidates: formulas sampled per bag (the beam size for "beam"; 1 for "greedy").
       decoding: "sampling", "beam" or "greedy".

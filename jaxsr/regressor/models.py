@@ -41,8 +41,9 @@ class LoadedModel:
 
     @property
     def max_input_points(self) -> int:
-        """The most points per set the model was trained on (weights exported by ``jaxsr
-        train`` record it; the reference, and weights that do not say, used 200)."""
+        """Points per bag the weights ask for: ``jaxsr train``'s export records the training
+        maximum, or a size measured to work better; 200 (the reference's training maximum)
+        for weights that do not say."""
         return int(self.decoding.get("max_input_points", REFERENCE_MAX_POINTS))
 
 
