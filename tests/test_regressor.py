@@ -398,3 +398,14 @@ def test_bags_hold_as_many_points_as_the_weights_were_trained_on(toy_model, tmp_
     assert toy(toy_model, max_number_bags=None).fit(X_LINE, Y_LINE).fit_info_["bags"] == 2
     assert toy(str(trained_on_100), max_input_points=300).fit(
         X_LINE, Y_LINE).fit_info_["bags"] == 1
+
+
+def test_the_shipped_default_model_recovers_a_product_of_two_variables():
+    # y = x0 x1 on [1, 5]^2 (Feynman I.12.1's form), with the regressor's defaults: the
+    # shipped model finds it (R2 1.0 for seeds 0-2); a linear fit scores about 0.93 here.
+    rng = np.random.default_rng(0)
+    X = rng.uniform(1, 5, (400, 2))
+    y = X[:, 0] * X[:, 1]
+    est = SymbolicTransformerRegressor(random_state=0).fit(X, y)
+    assert est.fallback_ is None and est.equations_.loc[0, "source"] == "model"
+    assert est.score(X, y) > 0.999, est.best_

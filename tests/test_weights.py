@@ -357,3 +357,6 @@ def test_the_shipped_default_model_loads_by_name_with_its_checksum():
     assert weights.metadata["source"]["kind"] == "jaxsr train"
     assert weights.metadata["source"]["step"] > 0
     assert count_params(weights.params) == 1_641_508
+    # Its recorded bag size (what the regressor feeds it) is within what it was trained on.
+    trained_on = weights.metadata["source"]["train_config"]["generator"]["max_len"]
+    assert 1 <= weights.decoding["max_input_points"] <= trained_on
