@@ -109,7 +109,7 @@ class FitSettings:
     """The regressor's search settings an experiment uses (names as in
     ``jaxsr.SymbolicTransformerRegressor``)."""
 
-    max_input_points: int | None = None  # None: as many as the model was trained on
+    max_input_points: int | None = None  # None: the bag size the weights record
     max_number_bags: int = 10
     n_candidates: int = 10
     decoding: str = "sampling"
