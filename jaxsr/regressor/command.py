@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=5, help="candidates to list (default 5)")
     parser.add_argument("--n-candidates", type=int, default=100,
                         help="formulas sampled per bag (default 100)")
-    parser.add_argument("--max-bags", type=int, default=10, help="bags at most (of the size the model's weights record: 50 points for the default model)")
+    parser.add_argument("--max-bags", type=int, default=10,
+                        help="bags at most, each of the size the model's weights record "
+                             "(50 points for the default model)")
     parser.add_argument("--max-time", type=float, default=None, help="seconds at most")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
