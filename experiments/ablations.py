@@ -201,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-problems", type=int, default=None,
                         help="validation functions (default 1,000; 2 with --quick)")
     args = parser.parse_args(argv)
-    settings = Settings.quick() if args.quick else Settings()
-    settings = dataclasses.replace(settings, fit=common.fit_settings(settings.fit, args.fit))
+    settings = common.experiment_settings(Settings, args)
     if args.n_problems is not None:
         settings = dataclasses.replace(settings, n_problems=args.n_problems)
     out, clock = common.start(args)

@@ -126,6 +126,13 @@ def fit_settings(base: FitSettings, pairs: list[str]) -> FitSettings:
     return base.replace(**assignments("--fit", pairs, FitSettings))
 
 
+def experiment_settings(cls, args: argparse.Namespace):
+    """An experiment's settings dataclass ``cls`` (with a ``fit`` field and a ``quick()``
+    constructor) as the command line asks: CI-sized with ``--quick``, then ``--fit``."""
+    settings = cls.quick() if args.quick else cls()
+    return dataclasses.replace(settings, fit=fit_settings(settings.fit, args.fit))
+
+
 def make_regressor(model: str, settings: FitSettings, *, refine: bool = True, seed: int = 0):
     """A ``SymbolicTransformerRegressor`` with these settings."""
     from jaxsr import SymbolicTransformerRegressor

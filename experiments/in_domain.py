@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="GeneratorConfig fields narrowing the validation set, e.g. "
                              "max_input_dimension=3 (default: the reference's ranges)")
     args = parser.parse_args(argv)
-    settings = Settings.quick() if args.quick else Settings()
-    settings = dataclasses.replace(settings, fit=common.fit_settings(settings.fit, args.fit))
+    settings = common.experiment_settings(Settings, args)
     if args.n_problems is not None:
         settings = dataclasses.replace(settings, n_problems=args.n_problems)
     if args.generator:

@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only these problems: PMLB names or shell patterns, e.g. "
                              "'feynman_I_*' strogatz_lv1 (default: all 133; 3 with --quick)")
     args = parser.parse_args(argv)
-    settings = Settings.quick() if args.quick else Settings()
-    settings = dataclasses.replace(settings, fit=common.fit_settings(settings.fit, args.fit))
+    settings = common.experiment_settings(Settings, args)
     patterns = args.problems or (list(QUICK_PROBLEMS) if args.quick else None)
     try:  # before any work: the data are there and every pattern names a problem
         select_names(all_problem_names(args.data), patterns)

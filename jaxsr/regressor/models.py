@@ -16,12 +16,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from jaxsr.data import GeneratorConfig
 from jaxsr.model import CONFIGS, E2EModel
 from jaxsr.weights import UntrainedModelWarning, load_model
 from jaxsr.weights.format import FALLBACK_CONFIG, META_FILE, default_model_path
 
-
-REFERENCE_MAX_POINTS = 200  # the reference generator's max_len: points per training set
+# Points per training set of the reference's generator (its max_len, jaxsr's default).
+REFERENCE_MAX_POINTS = GeneratorConfig.max_len
 
 
 @dataclasses.dataclass(frozen=True)
