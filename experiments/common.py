@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from jaxsr.fileio import atomic_write
 from jaxsr.weights import UntrainedModelWarning
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -235,9 +236,8 @@ def write_provenance(out_dir: Path, experiment: str, args: argparse.Namespace, s
         "wall_seconds": round(wall_seconds, 2),
         **(extra or {}),
     }
-    path = out_dir / "provenance.json"
-    path.write_text(json.dumps(record, indent=1, default=_json_default))
-    return path
+    return atomic_write(out_dir / "provenance.json",
+                        json.dumps(record, indent=1, default=_json_default))
 
 
 def _json_default(value):
@@ -285,9 +285,26 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
 
 def write_table(frame: pd.DataFrame, out_dir: Path, stem: str, *, title: str = "",
                 note: str = "", digits: int = 3) -> str:
-    """Writes ``stem.csv`` and ``stem.md``; returns the markdown (title, table, note)."""
-    frame.to_csv(out_dir / f"{stem}.csv", index=False)
+    """Writes ``stem.csv`` and ``stem.md`` (each atomically: an interrupted run leaves the
+    previous version, never half a table); returns the markdown (title, table, note)."""
+    write_csv(frame, out_dir / f"{stem}.csv")
     parts = [f"### {title}" if title else "", markdown_table(frame, digits), note]
     text = "\n\n".join(p for p in parts if p) + "\n"
-    (out_dir / f"{stem}.md").write_text(text)
+    atomic_write(out_dir / f"{stem}.md", text)
     return text
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """``frame`` as CSV at ``path``, atomically."""
+    return atomic_write(path, frame.to_csv(index=False))
+
+
+def write_text(path: Path, text: str) -> Path:
+    """``text`` at ``path``, atomically (for the harness's markdown reports)."""
+    return atomic_write(path, text)
+
+
+def save_figure(fig, path: Path, **options) -> Path:
+    """A matplotlib figure at ``path``, atomically (the format follows the suffix)."""
+    fmt = Path(path).suffix.lstrip(".") or None
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, **options))

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from jaxsr.fileio import atomic_write
 from jaxsr.train.tensorboard import EventWriter
 
 TRAIN_FIELDS = ("step", "loss", "lr", "grad_norm", "samples", "points", "tokens", "seconds")
@@ -127,7 +128,7 @@ def _truncate_after(path: Path, step: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     kept = lines[:1] + [line for line in lines[1:]
                         if line.endswith("\n") and _row_step(line) <= step]
-    path.write_text("".join(kept))
+    atomic_write(path, "".join(kept))  # a kill here must not lose the rows kept
 
 
 def _row_step(line: str) -> float:

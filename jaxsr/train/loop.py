@@ -33,6 +33,7 @@ import numpy as np
 
 import jaxsr
 from jaxsr.data import Generator, StreamState, batches
+from jaxsr.fileio import atomic_write
 from jaxsr.model import E2EModel, count_params
 from jaxsr.train import parallel
 from jaxsr.train.checkpoint import Checkpoints
@@ -89,7 +90,7 @@ def train(config: TrainConfig) -> TrainResult:
         logger = cleanup.enter_context(
             contextlib.closing(RunLogger(workdir, start, config.steps, enabled=primary)))
         if primary:
-            (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1))
+            atomic_write(workdir / CONFIG_FILE, json.dumps(config.to_dict(), indent=1))
         stream = cleanup.enter_context(_stream(config, stream_state))
         logger.message(_banner(config, state, stream, resumed=stream_state is not None))
 

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from jaxsr.expr.tokens import decoder_vocab as jaxsr_decoder_vocab
 from jaxsr.expr.tokens import encoder_vocab as jaxsr_encoder_vocab
+from jaxsr.fileio import atomic_files
 from jaxsr.model.config import ModelConfig
 from jaxsr.model.modules import E2EModel
 from jaxsr.model.params import check_params, count_params, flatten_params, unflatten_params
@@ -102,34 +102,24 @@ def save_weights(out_dir: str | os.PathLike, params: dict, config: ModelConfig, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(v, np.float32) for k, v in sorted(flatten_params(params).items())}
-    _write_atomically(out / ARRAYS_FILE, lambda f: np.savez(f, **arrays))
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "sha256": sha256_file(out / ARRAYS_FILE),
-        "n_parameters": count_params(arrays),
-        "config": config.to_dict(),
-        "decoding": dict(DEFAULT_DECODING if decoding is None else decoding),
-        "metadata": metadata or {},
-        "arrays": {k: list(v.shape) for k, v in arrays.items()},
-        "encoder_vocab": encoder_vocab,
-        "decoder_vocab": decoder_vocab,
-    }
-    text = json.dumps(meta, indent=1, ensure_ascii=False)
-    _write_atomically(out / META_FILE, lambda f: f.write(text.encode("utf-8")))
+    # Both files are complete before either is renamed: a crash leaves the old pair, or at
+    # worst new arrays beside the old model.json, which the sha256 check then refuses.
+    with atomic_files() as files:
+        written = files.write(out / ARRAYS_FILE, lambda f: np.savez(f, **arrays))
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "sha256": sha256_file(written),
+            "n_parameters": count_params(arrays),
+            "config": config.to_dict(),
+            "decoding": dict(DEFAULT_DECODING if decoding is None else decoding),
+            "metadata": metadata or {},
+            "arrays": {k: list(v.shape) for k, v in arrays.items()},
+            "encoder_vocab": encoder_vocab,
+            "decoder_vocab": decoder_vocab,
+        }
+        files.write(out / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False))
     return out
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Write via a temporary file in the same directory, so a crash leaves no half file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def load_weights(path: str | os.PathLike, *, verify_checksum: bool = True) -> Weights:
