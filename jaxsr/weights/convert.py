@@ -15,6 +15,8 @@ pickled object graph (``*/data.pkl``) and the raw bytes of every tensor storage
 From the placeholders' recorded state the converter reads the three sub-modules'
 ``_parameters``/``_buffers``/``_modules``, ``env.params``, the two id -> word vocabularies
 and the wrapper's decoding attributes, then maps the state dicts onto jaxsr's parameter tree.
+``LEAF_NAMES`` and ``MODEL_OPTIONS`` are the name tables between the two models; the
+exporter (``jaxsr.weights.reference_export``) writes through the same tables.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import collections
 import dataclasses
 import functools
 import io
+import json
 import math
 import os
 import pickle
@@ -41,6 +44,9 @@ from jaxsr.weights.format import DEFAULT_DECODING, save_weights, sha256_file
 
 DECODING_ATTRIBUTES = ("beam_type", "beam_size", "beam_temperature", "beam_length_penalty",
                        "beam_early_stopping", "max_generated_output_len")
+# Decoding settings that an options file (OUT.json) carries: the wrapper's, and the bag size
+# (the reference's max_input_points, which the regressor reads under the same name).
+OPTION_DECODING = (*DECODING_ATTRIBUTES, "max_input_points")
 TIED_KEY = "decoder.proj.weight"
 TIED_SOURCE = "decoder.embeddings.weight"
 
@@ -328,8 +334,10 @@ def _strip_module_prefix(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def read_reference_checkpoint(path: str | os.PathLike) -> ReferenceCheckpoint:
-    """Read a whole pickled ``ModelWrapper`` (model1.pt) or a training checkpoint dict
-    (``{"embedder": state_dict, "encoder": ..., "decoder": ..., "params": Namespace}``)."""
+    """Read a whole pickled ``ModelWrapper`` (model1.pt), a training checkpoint dict
+    (``{"embedder": state_dict, "encoder": ..., "decoder": ..., "params": Namespace}``) or a
+    model file without ``params`` (``export_reference``'s OUT.pt), whose options are then
+    read from OUT.json beside it."""
     root = unpickle_checkpoint(path)
     if isinstance(root, dict):
         return _from_training_checkpoint(root, path)
@@ -354,7 +362,7 @@ def read_reference_checkpoint(path: str | os.PathLike) -> ReferenceCheckpoint:
 
 
 def _from_training_checkpoint(root: dict, path) -> ReferenceCheckpoint:
-    missing = [m for m in ("embedder", "encoder", "decoder", "params") if m not in root]
+    missing = [m for m in ("embedder", "encoder", "decoder") if m not in root]
     if missing:
         raise CheckpointError(f"{path}: a dict checkpoint without the entries {missing}")
     state = {}
@@ -365,10 +373,35 @@ def _from_training_checkpoint(root: dict, path) -> ReferenceCheckpoint:
             if not isinstance(value, np.ndarray):
                 raise CheckpointError(f"{path}: {name}.{key} is {value!r}, not a tensor")
             state[f"{name}.{key}"] = value
+    if "params" in root:
+        params, decoding = _namespace_dict(root["params"], "params"), {}
+    else:  # a model file (the reference's --reload_model): its options lie beside it
+        params = read_reference_options(path)
+        decoding = {k: params[k] for k in OPTION_DECODING if k in params}
     return ReferenceCheckpoint(
-        state_dict=_strip_module_prefix(state), params=_namespace_dict(root["params"], "params"),
-        float_id2word=None, equation_id2word=None, decoding={}, root_class="dict",
+        state_dict=_strip_module_prefix(state), params=params, float_id2word=None,
+        equation_id2word=None, decoding=decoding, root_class="dict",
     )
+
+
+def options_path(model_path: str | os.PathLike) -> Path:
+    """Where a reference model file's options are kept: OUT.json beside OUT.pt."""
+    return Path(model_path).with_suffix(".json")
+
+
+def read_reference_options(model_path: str | os.PathLike) -> dict:
+    """The reference options (JSON) that ``export_reference`` writes beside a model file."""
+    path = options_path(model_path)
+    try:
+        options = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{model_path} holds state dicts without the training flags; "
+                              f"they are expected in {path.name} beside it") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read the reference options {path}: {err}") from None
+    if not isinstance(options, dict):
+        raise CheckpointError(f"{path} is not a JSON object of reference options")
+    return options
 
 
 def _namespace_dict(namespace, what: str) -> dict:
@@ -394,17 +427,36 @@ _UNSUPPORTED = {  # reference flag -> (accepted values, why others cannot be map
 }
 
 
+# ModelConfig field -> (the reference's option, its value when a file lacks it; None: the
+# option is required). The converter reads options through this table and export_reference
+# writes them through it. tokens_per_float is 2 + mantissa_len; the vocabulary sizes, pad
+# ids and the position table's size are read from the file itself.
+MODEL_OPTIONS = {
+    "max_input_dimension": ("max_input_dimension", None),
+    "max_output_dimension": ("max_output_dimension", None),
+    "embedder_dim": ("emb_emb_dim", None),
+    "embedder_hidden_layers": ("n_emb_layers", 1),
+    "embedder_expansion": ("emb_expansion_factor", 1),
+    "encoder_dim": ("enc_emb_dim", None),
+    "decoder_dim": ("dec_emb_dim", None),
+    "encoder_layers": ("n_enc_layers", None),
+    "decoder_layers": ("n_dec_layers", None),
+    "encoder_heads": ("n_enc_heads", None),
+    "decoder_heads": ("n_dec_heads", None),
+}
+
+
 def config_from_reference(checkpoint: ReferenceCheckpoint) -> ModelConfig:
     """The ModelConfig a reference checkpoint was trained with (from ``env.params``)."""
     p = checkpoint.params
     for flag, (accepted, why) in _UNSUPPORTED.items():
         if flag in p and p[flag] not in accepted:
             raise CheckpointError(f"unsupported reference setting {flag}={p[flag]!r}: {why}")
-    required = ("emb_emb_dim", "enc_emb_dim", "dec_emb_dim", "n_enc_layers", "n_dec_layers",
-                "n_enc_heads", "n_dec_heads", "max_input_dimension", "max_output_dimension")
-    missing = [k for k in required if k not in p]
+    missing = [option for option, default in MODEL_OPTIONS.values()
+               if default is None and option not in p]
     if missing:
         raise CheckpointError(f"env.params lacks the model flags {missing}")
+    sizes = {field: p.get(option, default) for field, (option, default) in MODEL_OPTIONS.items()}
     encoder_vocab, decoder_vocab = _vocab_lists(checkpoint)
     positions = checkpoint.state_dict.get("decoder.position_embeddings.weight")
     try:
@@ -412,15 +464,9 @@ def config_from_reference(checkpoint: ReferenceCheckpoint) -> ModelConfig:
             encoder_vocab_size=len(encoder_vocab), decoder_vocab_size=len(decoder_vocab),
             encoder_pad_id=_last_index(encoder_vocab, "<PAD>"),
             decoder_pad_id=_last_index(decoder_vocab, "<PAD>"),
-            max_input_dimension=p["max_input_dimension"],
-            max_output_dimension=p["max_output_dimension"],
             tokens_per_float=2 + p.get("mantissa_len", 1),
-            embedder_dim=p["emb_emb_dim"], embedder_hidden_layers=p.get("n_emb_layers", 1),
-            embedder_expansion=p.get("emb_expansion_factor", 1),
-            encoder_dim=p["enc_emb_dim"], decoder_dim=p["dec_emb_dim"],
-            encoder_layers=p["n_enc_layers"], decoder_layers=p["n_dec_layers"],
-            encoder_heads=p["n_enc_heads"], decoder_heads=p["n_dec_heads"],
             max_positions=positions.shape[0] if positions is not None else 4096,
+            **sizes,
         )
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"env.params does not describe a valid model: {err}") from None
@@ -468,31 +514,30 @@ def check_vocabularies(checkpoint: ReferenceCheckpoint) -> None:
 # ----------------------------------------------------------------------------- mapping
 
 
-def _flax_module_path(key: str) -> tuple[str, str]:
-    """"decoder.attentions.3.q_lin.weight" -> ("decoder/attentions_3/q_lin", "weight")."""
-    parts = key.split(".")
-    merged: list[str] = []
-    for part in parts[:-1]:
-        if part.isdigit() and merged:
-            merged[-1] = f"{merged[-1]}_{part}"
-        else:
-            merged.append(part)
-    return "/".join(merged), parts[-1]
+# jaxsr leaf name -> (the reference's tensor name, stored transposed there?). With module
+# names "attentions_3" <-> "attentions.3", this is the whole correspondence between the two
+# parameter trees; the converter inverts it over a config's parameters and the exporter
+# (``to_reference_state_dict``) applies it, so the two directions cannot drift apart.
+LEAF_NAMES = {"kernel": ("weight", True), "scale": ("weight", False),
+              "embedding": ("weight", False), "bias": ("bias", False)}
 
 
-def _flax_target(key: str, expected: dict) -> tuple[str, bool] | None:
-    """(jaxsr path, transpose?) of a reference key, or None if nothing in jaxsr matches."""
-    module, leaf = _flax_module_path(key)
-    if leaf == "bias":
-        candidates = [("bias", False)]
-    elif leaf == "weight":  # Linear (transposed), LayerNorm or Embedding
-        candidates = [("kernel", True), ("scale", False), ("embedding", False)]
-    else:
-        return None
-    for name, transpose in candidates:
-        if f"{module}/{name}" in expected:
-            return f"{module}/{name}", transpose
-    return None
+def reference_name(path: str) -> tuple[str, bool]:
+    """jaxsr path -> (reference key, transposed?):
+    "decoder/attentions_3/q_lin/kernel" -> ("decoder.attentions.3.q_lin.weight", True)."""
+    *modules, leaf = path.split("/")
+    parts = []
+    for name in modules:
+        head, _, index = name.rpartition("_")
+        parts += [head, index] if index.isdigit() and head else [name]
+    reference_leaf, transposed = LEAF_NAMES[leaf]
+    return ".".join([*parts, reference_leaf]), transposed
+
+
+def _jaxsr_names(paths) -> dict[str, tuple[str, bool]]:
+    """Reference key -> (jaxsr path, transposed?) for the given jaxsr paths."""
+    return {key: (path, transposed)
+            for path in paths for key, transposed in [reference_name(path)]}
 
 
 def map_reference_state_dict(state_dict: dict[str, np.ndarray], config: ModelConfig) -> dict:
@@ -502,12 +547,13 @@ def map_reference_state_dict(state_dict: dict[str, np.ndarray], config: ModelCon
     mismatch; the tied ``decoder.proj.weight`` must equal ``decoder.embeddings.weight``.
     """
     expected = {k: tuple(v.shape) for k, v in flatten_params(abstract_params(config)).items()}
+    names = _jaxsr_names(expected)
     problems, flat = [], {}
     for key, value in sorted(state_dict.items()):
         if key == TIED_KEY:
             problems += _check_tied(state_dict)
             continue
-        target = _flax_target(key, expected)
+        target = names.get(key)
         if target is None:
             problems.append(f"unknown key {key} {tuple(value.shape)}")
             continue
@@ -520,7 +566,7 @@ def map_reference_state_dict(state_dict: dict[str, np.ndarray], config: ModelCon
             problems.append(f"shape of {key}: {tuple(value.shape)}, expected "
                             f"{expected[path][::-1] if transpose else expected[path]}")
         flat[path] = array
-    problems += [f"missing key {_reference_key(path)} (for {path} {expected[path]})"
+    problems += [f"missing key {reference_name(path)[0]} (for {path} {expected[path]})"
                  for path in sorted(expected.keys() - flat.keys())]
     if problems:
         raise CheckpointMismatchError(f"the checkpoint does not fit the model config "
@@ -538,24 +584,15 @@ def _check_tied(state_dict: dict[str, np.ndarray]) -> list[str]:
     return []
 
 
-def _reference_key(path: str) -> str:
-    """jaxsr path -> reference key ("decoder/attentions_3/q_lin/kernel" -> "...3.q_lin.weight")."""
-    *modules, leaf = path.split("/")
-    parts = []
-    for name in modules:
-        head, _, index = name.rpartition("_")
-        parts += [head, index] if index.isdigit() and head else [name]
-    return ".".join([*parts, "bias" if leaf == "bias" else "weight"])
-
-
 def to_reference_state_dict(params: dict) -> dict[str, np.ndarray]:
     """jaxsr params -> the reference's state dict (Linear weights transposed back), including
     the tied ``decoder.proj.weight``. Useful to load jaxsr weights into the reference."""
     state = {}
     for path, value in flatten_params(params).items():
+        key, transposed = reference_name(path)
         value = np.asarray(value)
-        state[_reference_key(path)] = value.T if path.endswith("/kernel") else value
-    state[TIED_KEY] = state[TIED_SOURCE]
+        state[key] = value.T if transposed else value
+    state[TIED_KEY] = state[TIED_SOURCE]  # the same array: one storage when exported
     return state
 
 
