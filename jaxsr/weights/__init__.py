@@ -5,6 +5,7 @@ reference's ``model1.pt``.
 >>> convert_reference("model1.pt", "e2e-paper")      # once; no torch needed
 >>> weights = load_weights("e2e-paper")               # checks sha256 and shapes
 >>> weights.model, weights.params, weights.config, weights.decoding
+>>> export_reference("default", "default.pt")        # back to the reference; no torch needed
 """
 
 from jaxsr.model.params import ParamsMismatchError
@@ -34,6 +35,7 @@ from jaxsr.weights.format import (
     read_weights_config,
     save_weights,
 )
+from jaxsr.weights.reference_export import ReferenceExportError, export_reference
 
 __all__ = [
     "Weights", "load_model", "load_weights", "read_weights_config", "save_weights",
@@ -43,4 +45,5 @@ __all__ = [
     "config_from_reference", "check_vocabularies", "map_reference_state_dict",
     "to_reference_state_dict", "ReferenceCheckpoint", "Opaque",
     "CheckpointError", "CheckpointMismatchError", "VocabularyMismatchError",
+    "export_reference", "ReferenceExportError",
 ]
