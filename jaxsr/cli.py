@@ -1,15 +1,22 @@
-"""The ``jaxsr`` command line: ``jaxsr info``, ``jaxsr demo``, ``jaxsr convert``.
+"""The ``jaxsr`` command line: ``jaxsr info``, ``demo``, ``convert``, ``train``, ``fit``.
 
-Later subcommands (fit, train, evaluate) arrive with the issues that build them.
+Every error ends the command with one line on stderr and an exit status of
+``jaxsr.errors`` (2 usage, 3 bad data, 4 bad model or weights, 5 training stopped, 6 output
+not writable, 1 a bug); ``--debug`` prints the traceback too. See docs/errors.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
+import traceback
 
 import numpy as np
+
+from jaxsr import errors
+from jaxsr.errors import CommandError
 
 from jaxsr.regressor.command import add_arguments as add_fit_arguments  # imports no JAX
 from jaxsr.train.command import add_arguments as add_train_arguments  # imports no JAX
@@ -44,10 +51,9 @@ def _print_model_info(spec: str) -> int:
     else:
         try:
             config, meta = read_weights_config(Path(spec))
-        except WeightsFormatError as err:
-            print(f"error: {spec!r} is not a config ({', '.join(CONFIGS)}) nor weights: {err}",
-                  file=sys.stderr)
-            return 1
+        except (WeightsFormatError, OSError) as err:
+            raise CommandError(f"--config {spec!r} is neither a config ({', '.join(CONFIGS)}) "
+                               f"nor weights: {err}", errors.MODEL) from err
         origin = meta.get("metadata", {}).get("source", {}).get("file")
         source = f"weights {spec}" + (f" (converted from {origin})" if origin else "")
     c = config
@@ -68,16 +74,28 @@ def _print_model_info(spec: str) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     """Converts the reference's model1.pt into a jaxsr weights directory."""
+    from pathlib import Path
+
     from jaxsr.model import count_params
     from jaxsr.weights import load_weights
     from jaxsr.weights.convert import convert_reference
 
+    out_dir = Path(args.out_dir)
     try:
-        out = convert_reference(args.model_pt, args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CommandError(f"cannot create OUT_DIR {args.out_dir}: {_os_reason(err)}",
+                           errors.OUTPUT) from err
+    try:
+        out = convert_reference(args.model_pt, out_dir)
         weights = load_weights(out)
-    except (ValueError, OSError) as err:  # CheckpointError and WeightsFormatError included
-        print(f"error: cannot convert {args.model_pt}: {err}", file=sys.stderr)
-        return 1
+    except ValueError as err:  # CheckpointError, WeightsFormatError, ParamsMismatchError
+        raise CommandError(f"cannot convert {args.model_pt}: {err}", errors.MODEL) from err
+    except OSError as err:
+        writing = err.filename is not None and _inside(err.filename, out_dir)
+        status, what = (errors.OUTPUT, f"cannot write {out_dir}") if writing else \
+            (errors.MODEL, f"cannot read {args.model_pt}")
+        raise CommandError(f"{what}: {_os_reason(err)}", status) from err
     c = weights.config
     print(f"converted {args.model_pt} -> {out} ({count_params(weights.params):,} parameters: "
           f"{c.encoder_layers} encoder / {c.decoder_layers} decoder layers, dim {c.decoder_dim}, "
@@ -126,15 +144,42 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from jaxsr.model.params import ParamsMismatchError
     from jaxsr.train.command import run
+    from jaxsr.train.loop import NonFiniteLossError
+    from jaxsr.weights import WeightsFormatError
 
-    return run(args)
+    try:
+        return run(args)
+    except NonFiniteLossError as err:
+        raise CommandError(str(err), errors.TRAINING) from err
+    except (WeightsFormatError, ParamsMismatchError) as err:  # --export
+        raise CommandError(f"cannot export: {err}", errors.MODEL) from err
+    except (ValueError, FileNotFoundError) as err:  # the config, --set, the workdir
+        raise CommandError(str(err), errors.USAGE) from err
+    except OSError as err:
+        raise CommandError(f"cannot write to {args.workdir}: {_os_reason(err)}",
+                           errors.OUTPUT) from err
 
 
 def _fit(args: argparse.Namespace) -> int:
     from jaxsr.regressor.command import run
 
     return run(args)
+
+
+def _os_reason(err: OSError) -> str:
+    where = f" ({err.filename})" if err.filename else ""
+    return f"{err.strerror or err}{where}"
+
+
+def _inside(filename, folder) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(os.fsdecode(filename)).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _enable_compilation_cache() -> None:
@@ -153,32 +198,87 @@ def _enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxsr", description=__doc__.splitlines()[0])
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        raise CommandError(f"{self.prog}: {message} (see {self.prog} --help)", errors.USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jaxsr", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error, not just its one-line message")
     commands = parser.add_subparsers(dest="command", required=True)
-    info = commands.add_parser("info", help="version, JAX devices and available models")
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, **kwargs)
+        # SUPPRESS: an absent sub-command --debug must not reset "jaxsr --debug fit ...".
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="print the traceback of an error too")
+        return sub
+
+    info = command("info", help="version, JAX devices and available models")
     info.add_argument("--config", metavar="NAME_OR_PATH", default=None,
                       help="also print a model's sizes and parameter counts per module: "
                            "a config name (paper, small, tiny) or a weights directory")
-    demo = commands.add_parser("demo", help="refine the constants of known formulas on bundled data")
+    demo = command("demo", help="refine the constants of known formulas on bundled data")
     demo.add_argument("--seed", type=int, default=0, help="seed of the perturbed guesses")
     demo.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations at most")
     demo.add_argument("--solver", default="batched", choices=("batched", "jaxopt", "optax"),
                       help="refinement solver (see jaxsr.refine.refine_constants)")
-    convert = commands.add_parser(
+    convert = command(
         "convert", help="convert the reference's model1.pt to jaxsr weights (no torch needed)")
     convert.add_argument("model_pt", metavar="MODEL_PT",
                          help="the reference checkpoint, model1.pt")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="directory to write the weights to")
-    add_train_arguments(commands.add_parser(
+    add_train_arguments(command(
         "train", help="train a model; resumes from the latest checkpoint in --workdir"))
-    add_fit_arguments(commands.add_parser(
+    add_fit_arguments(command(
         "fit", help="fit a formula to a table: jaxsr fit DATA --target COLUMN"))
-    args = parser.parse_args(argv)
-    _enable_compilation_cache()
-    handlers = {"info": _info, "demo": _demo, "convert": _convert, "train": _train,
-                "fit": _fit}
-    return handlers[args.command](args)
+    return parser
+
+
+HANDLERS = {"info": _info, "demo": _demo, "convert": _convert, "train": _train, "fit": _fit}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one command; returns its exit status (never raises for bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("JAXSR_DEBUG", "") not in ("", "0")
+    try:
+        args = _parser().parse_args(argv)
+        _enable_compilation_cache()
+        return HANDLERS[args.command](args)
+    except CommandError as err:
+        return _report(err, str(err), err.status, debug)
+    except KeyboardInterrupt as err:
+        return _report(err, "interrupted", errors.INTERRUPTED, debug)
+    except BrokenPipeError:  # the reader went away (``| head``): not an error of ours
+        _silence_stdout()
+        return errors.BROKEN_PIPE
+    except Exception as err:  # noqa: BLE001 (a bug: still one line, unless --debug)
+        message = (f"internal error: {type(err).__name__}: {err} (a bug in jaxsr; run again "
+                   "with --debug for the traceback)")
+        return _report(err, message, errors.INTERNAL, debug)
+
+
+def _report(err: BaseException, message: str, status: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(err, file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    return status
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null, so that the interpreter's final flush does not fail too."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def one_line(message: str) -> str:
+    """A multi-line message (e.g. a list of problems) joined into one line."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -73,11 +73,12 @@ def _text_columns(path):
 ERRORS = {
     "missing file": ("nope.csv", None, "energy", "no such file"),
     "empty file": ("empty.csv", _empty, "energy", "is empty"),
-    "header only": ("header.csv", _header_only, "energy", "has a header but no rows"),
-    "not gzip": ("bad.csv.gz", _garbage_gzip, "energy", "cannot read"),
+    "header only": ("header.csv", _header_only, "energy", "has a header but no data rows"),
+    "not gzip": ("bad.csv.gz", _garbage_gzip, "energy", "cannot read it as gzip-compressed"),
     "unknown target": ("data.csv", lambda p: TABLE.to_csv(p, index=False), "power",
                        "no column 'power' in the data; columns: mass, speed, energy"),
-    "text column": ("text.csv", _text_columns, "energy", "non-numeric columns: 'city'"),
+    "text column": ("text.csv", _text_columns, "energy",
+                    "column 'city' has a non-numeric value 'Paris' at row 1"),
 }
 
 
@@ -86,6 +87,7 @@ def test_unusable_data_gets_a_clear_error(tmp_path, capsys, case):
     name, write, target, message = ERRORS[case]
     if write is not None:
         write(tmp_path / name)
-    assert cli.main(["fit", str(tmp_path / name), "--target", target, *FAST]) == 1
+    assert cli.main(["fit", str(tmp_path / name), "--target", target, *FAST]) == 3  # DATA
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err
+    assert captured.err.count("\n") == 1 and str(tmp_path / name) in captured.err

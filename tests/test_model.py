@@ -272,7 +272,7 @@ def test_info_prints_parameter_counts_per_module(capsys):
     for line in ("embedder      6,198,464", "encoder      12,610,560",
                  "decoder      74,642,484", "total        93,451,508"):
         assert line in out
-    assert cli.main(["info", "--config", "no-such-model"]) == 1
+    assert cli.main(["info", "--config", "no-such-model"]) == 4  # errors.MODEL
 
 
 def test_model_benchmark_prints_its_contract_keys():

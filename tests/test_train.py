@@ -485,10 +485,10 @@ def test_cli_trains_validates_resumes_and_exports(tmp_path, capsys):
     assert "resuming at step 2" in capsys.readouterr().out
     assert load_weights(tmp_path / "weights").metadata["source"]["step"] == 3
 
-    assert cli.main(["train", "--workdir", str(tmp_path / "empty")]) == 1
+    assert cli.main(["train", "--workdir", str(tmp_path / "empty")]) == 2  # errors.USAGE
     assert "no checkpoint to take the config from" in capsys.readouterr().err
     assert cli.main(["train", "--config", "tiny", "--workdir", str(tmp_path),
-                     "--set", "lr=-1"]) == 1
+                     "--set", "lr=-1"]) == 2
     assert "TrainConfig.lr" in capsys.readouterr().err
 
 

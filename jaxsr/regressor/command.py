@@ -1,26 +1,56 @@
 """``jaxsr fit DATA --target COLUMN``: fit a formula to a table and print it.
 
-DATA is a .csv, .tsv (or .tab) file, optionally compressed (.gz, .bz2, .xz, .zip), any
-other extension read with a sniffed separator, or ``strogatz:NAME`` for a bundled Strogatz
-system (columns x, y, label).
+DATA is a table whose first line names the columns (``table.py``: UTF-8, a byte-order mark
+ignored, comma/semicolon/tab/whitespace separators sniffed, optionally compressed: .gz,
+.bz2, .xz, .zip), or ``strogatz:NAME`` for a bundled Strogatz system (columns x, y, label).
+Errors end the command with the statuses of ``jaxsr.errors`` (docs/errors.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import math
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
-SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+from jaxsr.errors import DATA, MODEL, USAGE, CommandError
+from jaxsr.regressor.table import DataError, read_table  # re-exported: the CLI's readers
+
+__all__ = ["DataError", "add_arguments", "load_data", "read_table", "run", "split_target"]
 
 
-class DataError(ValueError):
-    """The data file cannot be used; the message says why."""
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _int_at_least(0)(text)
+    if value >= 2**32:  # numpy's RandomState takes seeds below 2**32
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,59 +62,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'default', a config name (tiny, small, paper: random weights) "
                              "or a weights directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--top", type=int, default=5, help="candidates to list (default 5)")
-    parser.add_argument("--n-candidates", type=int, default=100,
+    parser.add_argument("--top", type=_int_at_least(0), default=5,
+                        help="candidates to list (default 5)")
+    parser.add_argument("--n-candidates", type=_int_at_least(1), default=100,
                         help="formulas sampled per bag (default 100)")
-    parser.add_argument("--max-bags", type=int, default=10,
+    parser.add_argument("--max-bags", type=_int_at_least(1), default=10,
                         help="bags at most, each of the size the model's weights record "
                              "(50 points for the default model)")
-    parser.add_argument("--max-time", type=float, default=None, help="seconds at most")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--max-len", type=_int_at_least(1), default=200, metavar="TOKENS",
+                        help="longest formula in tokens (default 200; at most the model's "
+                             "positions)")
+    parser.add_argument("--max-time", type=_seconds, default=None, help="seconds at most")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
 
 
-def read_table(spec: str):
-    """A pandas DataFrame from a file path or ``strogatz:NAME``; DataError naming the problem."""
-    import pandas as pd
+def load_data(spec: str, target: str):
+    """(X DataFrame, y float64 array) from a table file; DataError naming the problem."""
+    from jaxsr.regressor import inputs
 
-    if spec.startswith("strogatz:"):
-        return _bundled_strogatz(spec.split(":", 1)[1])
-    path = Path(spec)
-    if not path.exists():
-        raise DataError(f"no such file: {spec}")
-    if path.is_dir():
-        raise DataError(f"{spec} is a directory, not a data file")
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in COMPRESSIONS:
-        suffixes = suffixes[:-1]
-    sep = SEPARATORS.get(suffixes[-1] if suffixes else "")
+    table = read_table(spec)
     try:
-        table = pd.read_csv(path, sep=sep, engine="c" if sep else "python")
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{spec} is empty") from None
-    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError, ValueError) as err:
-        raise DataError(f"cannot read {spec} as a table: {err}") from None
-    if table.shape[0] == 0:
-        raise DataError(f"{spec} has a header but no rows")
-    return table
-
-
-def _bundled_strogatz(name: str):
-    import pandas as pd
-
-    from jaxsr import datasets
-
-    problem = datasets.strogatz(name)  # ValueError naming the known systems
-    table = pd.DataFrame(problem.X, columns=list(problem.feature_names))
-    table["label"] = problem.y
-    return table
+        X, y = split_target(table, target)
+    except DataError as err:
+        raise DataError(f"{spec}: {err}") from None
+    try:
+        inputs.check_size(*X.shape)
+        inputs.check_target_range(y)
+    except ValueError as err:
+        raise DataError(f"{spec}: {err}") from None
+    return X, y
 
 
 def split_target(table, target: str):
+    """(the other columns, the target column as float64); DataError naming the columns."""
     if target not in table.columns:
-        raise DataError(f"no column {target!r} in the data; columns: "
-                        f"{', '.join(map(str, table.columns))}")
+        columns = [str(c) for c in table.columns]
+        close = [c for c in columns if c.casefold() == target.casefold()] or \
+            difflib.get_close_matches(target, columns, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        header = " (the first line is read as the header)" if _numbers_only(columns) else ""
+        raise DataError(f"no column {target!r} in the data{hint}; columns: "
+                        f"{', '.join(columns)}{header}")
     y = table[target]
-    if not np.issubdtype(y.dtype, np.number):
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    if not is_numeric_dtype(y.dtype) or is_bool_dtype(y.dtype):
         raise DataError(f"the target column {target!r} is not numeric (dtype {y.dtype})")
     X = table.drop(columns=[target])
     if X.shape[1] == 0:
@@ -92,26 +114,33 @@ def split_target(table, target: str):
     return X, y.to_numpy(np.float64)
 
 
+def _numbers_only(names: list[str]) -> bool:
+    try:
+        [float(name) for name in names]
+    except ValueError:
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
-    """The ``jaxsr fit`` command; returns the exit status."""
+    """The ``jaxsr fit`` command; returns 0 or raises CommandError (its exit status: DATA
+    for the table, MODEL for the weights, USAGE for options)."""
     from jaxsr.regressor import SymbolicTransformerRegressor
 
     try:
-        X, y = split_target(read_table(args.data), args.target)
-    except (DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    estimator = SymbolicTransformerRegressor(
-        args.model, n_candidates=args.n_candidates, max_number_bags=args.max_bags,
-        max_time=args.max_time, random_state=args.seed)
+        X, y = load_data(args.data, args.target)
+    except DataError as err:
+        raise CommandError(str(err), DATA) from err
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        _check_max_len(args.max_len, _load_model(args.model))
+        estimator = SymbolicTransformerRegressor(
+            args.model, n_candidates=args.n_candidates, max_number_bags=args.max_bags,
+            max_len=args.max_len, max_time=args.max_time, random_state=args.seed)
         try:
             estimator.fit(X, y)
-        except (ValueError, OSError) as err:  # bad data, unreadable weights
-            _print_warnings(caught)
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        except ValueError as err:  # the model loaded and the options are checked: the data
+            raise CommandError(f"{args.data}: {err}", DATA) from err
     messages = list(dict.fromkeys(str(w.message) for w in caught))
     if args.json:
         print(json.dumps(summary(estimator, args, messages)))
@@ -119,6 +148,23 @@ def run(args: argparse.Namespace) -> int:
         _print_warnings(caught)
         print_report(estimator, args)
     return 0
+
+
+def _load_model(spec: str):
+    """The model, loaded once per process (the estimator reuses it); MODEL status if not."""
+    from jaxsr.regressor import models
+
+    try:
+        return models.resolve(spec)
+    except (ValueError, TypeError, OSError) as err:  # weights format, checksum, shapes
+        raise CommandError(f"cannot use --model {spec!r}: {err}", MODEL) from err
+
+
+def _check_max_len(max_len: int, loaded) -> None:
+    positions = loaded.model.config.max_positions
+    if max_len > positions:
+        raise CommandError(f"--max-len {max_len} exceeds the {positions} positions of the "
+                           f"model {loaded.label}", USAGE)
 
 
 def _print_warnings(caught) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import keyword
+import numbers
 import re
 import warnings
 from collections.abc import Sequence
@@ -19,6 +20,15 @@ MAX_FIT_ROWS = 1024
 SELECTION_ROWS = 2000
 # The float encoding of the model's input reaches 9.999e100; y must stay well inside it.
 MAX_ABS_TARGET = 1e100
+
+# The largest problem accepted (docs/errors.md, "Limits"). The model reads at most
+# max_input_dimension (10) features and bags of a few hundred points, so these bound memory
+# rather than quality: X in float64 is at most MAX_VALUES * 8 bytes (160 MB), and the mutual
+# information that picks 10 of MAX_FEATURES columns takes seconds.
+MAX_ROWS = 1_000_000
+MAX_FEATURES = 1_000
+MAX_VALUES = 20_000_000  # rows x features
+MIN_ROWS = 2
 
 
 @dataclasses.dataclass
@@ -70,17 +80,53 @@ class Problem:
 
 
 def check_columns_numeric(X) -> None:
-    """Names the non-numeric columns of a DataFrame (numpy input is left to numpy)."""
+    """Names the first non-numeric or missing cell of a DataFrame (its column, its row
+    position and the value), and column names that are not all strings. Numpy input is left
+    to numpy."""
     dtypes = getattr(X, "dtypes", None)
     if dtypes is None or not hasattr(dtypes, "items"):
         return
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-    bad = [str(name) for name, dtype in dtypes.items()
-           if not (is_numeric_dtype(dtype) or is_bool_dtype(dtype))]
-    if bad:
-        raise ValueError(f"X has non-numeric columns: {', '.join(map(repr, bad))}; "
-                         "convert or drop them (a formula needs numbers)")
+    check_column_names(list(dtypes.index))
+    for position, (name, dtype) in enumerate(dtypes.items()):
+        if not (is_numeric_dtype(dtype) or is_bool_dtype(dtype)):
+            _check_cells(name, X.iloc[:, position])
+
+
+def check_column_names(names: list) -> None:
+    """sklearn reads feature names only when all are strings; a mix would fail later with a
+    TypeError, so it is refused here, naming the odd ones."""
+    kinds = {type(name).__name__ for name in names}
+    if len(kinds) > 1 and "str" in kinds:
+        odd = [repr(name) for name in names if not isinstance(name, str)]
+        raise ValueError(f"X's column names mix strings with {', '.join(sorted(kinds - {'str'}))}"
+                         f" ({_first(odd)}): make them all strings")
+
+
+def _check_cells(name, column) -> None:
+    """The first cell of an object/string/categorical column that is not a real number."""
+    for row, value in enumerate(column.tolist()):
+        if _is_missing(value):
+            raise ValueError(f"X column {name!r} has a missing value ({value!r}) at row "
+                             f"{row} (0-based position); remove or impute it")
+        if not _is_real(value):
+            raise ValueError(f"X column {name!r} has a non-numeric value {value!r} at row "
+                             f"{row} (0-based position); convert or drop the column "
+                             "(a formula needs numbers)")
+
+
+def _is_missing(value) -> bool:
+    import pandas as pd
+
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):  # array-like cells: not a missing scalar
+        return False
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (numbers.Real, np.bool_)) and not isinstance(value, str)
 
 
 def as_floats(values) -> np.ndarray | None:
@@ -123,13 +169,44 @@ def _first(items, limit: int = 5) -> str:
 
 
 def check_lengths(X, y, sample_weight) -> None:
-    """Says which of y and sample_weight has a different number of rows than X (before
-    sklearn's generic "inconsistent numbers of samples")."""
+    """Checks the size of X against the limits, and says which of y and sample_weight has a
+    different number of rows than X (before sklearn's generic "inconsistent numbers of
+    samples")."""
     n = _length(X)
+    shape = getattr(X, "shape", None)
+    if n is not None and isinstance(shape, tuple) and len(shape) == 2:
+        check_size(n, int(shape[1]))
     for what, other in (("y", y), ("sample_weight", sample_weight)):
         m = _length(other)
         if n is not None and m is not None and m != n:
             raise ValueError(f"X has {n} rows but {what} has {m}")
+
+
+def check_size(n_rows: int, n_features: int) -> None:
+    """Raises a ValueError naming the limit a problem of this size exceeds."""
+    # The wording keeps sklearn's "1 sample"; no features is left to sklearn's own check.
+    if n_rows < MIN_ROWS:
+        raise ValueError(f"X has {n_rows} sample(s) (rows); at least {MIN_ROWS} are needed")
+    if n_rows > MAX_ROWS:
+        raise ValueError(f"X has {n_rows:,} rows; the limit is {MAX_ROWS:,} "
+                         "(inputs.MAX_ROWS): subsample it first")
+    if n_features > MAX_FEATURES:
+        raise ValueError(f"X has {n_features:,} features; the limit is {MAX_FEATURES:,} "
+                         "(inputs.MAX_FEATURES): select features first")
+    if n_rows * n_features > MAX_VALUES:
+        raise ValueError(f"X has {n_rows:,} rows x {n_features:,} features = "
+                         f"{n_rows * n_features:,} values; the limit is {MAX_VALUES:,} "
+                         "(inputs.MAX_VALUES): subsample the rows first")
+
+
+def max_rows_for(n_features: int) -> int:
+    """The most rows accepted with ``n_features`` features."""
+    return min(MAX_ROWS, MAX_VALUES // max(n_features, 1))
+
+
+def limits_text() -> str:
+    return (f"limits: {MAX_ROWS:,} rows, {MAX_FEATURES:,} features, {MAX_VALUES:,} values "
+            "in all")
 
 
 def _length(a) -> int | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,27 +26,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Trains (and exports); errors propagate to ``jaxsr.cli``, which turns each kind into
+    one line and its exit status."""
     from jaxsr.train.config import apply_overrides, load_config
     from jaxsr.train.export import export_weights
-    from jaxsr.train.loop import NonFiniteLossError, train
+    from jaxsr.train.loop import train
 
     overrides = [f"workdir={args.workdir}", *args.overrides]
     if args.steps is not None:
         overrides.append(f"steps={args.steps}")
     if args.distributed:
         overrides.append("distributed=true")
-    try:
-        if args.config is not None:
-            config = load_config(args.config, overrides)
-        else:
-            config = apply_overrides(_saved_config(args.workdir), overrides)
-        train(config)
-        if args.export:
-            out = export_weights(config.workdir, args.export)
-            print(f"exported the latest checkpoint's parameters to {out}")
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.config is not None:
+        config = load_config(args.config, overrides)
+    else:
+        config = apply_overrides(_saved_config(args.workdir), overrides)
+    train(config)
+    if args.export:
+        out = export_weights(config.workdir, args.export)
+        print(f"exported the latest checkpoint's parameters to {out}")
     return 0
 
 
