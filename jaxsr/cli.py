@@ -109,6 +109,26 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_reference(args: argparse.Namespace) -> int:
+    """Writes jaxsr weights as the reference's model file (the inverse of convert)."""
+    from jaxsr.weights.convert import options_path
+    from jaxsr.weights.reference_export import export_reference
+
+    try:
+        out = export_reference(args.weights, args.out_pt)
+    except ValueError as err:  # ReferenceExportError, WeightsFormatError, ParamsMismatchError
+        raise CommandError(f"cannot export {args.weights}: {err}", errors.MODEL) from err
+    except OSError as err:
+        writing = err.filename is not None and not _inside(err.filename, args.weights)
+        status, what = (errors.OUTPUT, f"cannot write {args.out_pt}") if writing else \
+            (errors.MODEL, f"cannot read {args.weights}")
+        raise CommandError(f"{what}: {_os_reason(err)}", status) from err
+    print(f"exported {args.weights} -> {out} ({out.stat().st_size / 1e6:.1f} MB, the "
+          f"reference's embedder/encoder/decoder state dicts) and {options_path(out)} (its "
+          "options); the reference loads it with --reload_model and those options")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Refines the constants of the 14 Strogatz formulas at once, from perturbed guesses."""
     from jaxsr import datasets
@@ -232,6 +252,14 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("model_pt", metavar="MODEL_PT",
                          help="the reference checkpoint, model1.pt")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="directory to write the weights to")
+    export = command(
+        "export-reference",
+        help="write jaxsr weights as the reference's model file (OUT.pt, for its "
+             "--reload_model) and its options (OUT.json); no torch needed")
+    export.add_argument("weights", metavar="WEIGHTS",
+                        help="a weights directory or a model name (default)")
+    export.add_argument("out_pt", metavar="OUT_PT",
+                        help="the model file to write; its options go to the .json beside it")
     add_train_arguments(command(
         "train", help="train a model; resumes from the latest checkpoint in --workdir"))
     add_fit_arguments(command(
@@ -239,7 +267,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-HANDLERS = {"info": _info, "demo": _demo, "convert": _convert, "train": _train, "fit": _fit}
+HANDLERS = {"info": _info, "demo": _demo, "convert": _convert, "train": _train, "fit": _fit,
+            "export-reference": _export_reference}
 
 
 def main(argv: list[str] | None = None) -> int:
