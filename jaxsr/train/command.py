@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,16 +21,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--set generator.max_len=100")
     parser.add_argument("--distributed", action="store_true",
                         help="multi-host: call jax.distributed.initialize() first")
-    parser.add_argument("--export", metavar="OUT_DIR", default=None,
+    parser.add_argument("--max-time", type=_seconds, default=None, metavar="SECONDS",
+                        help="stop after this much wall time (set-up included) at a step "
+                             "boundary, with a checkpoint; the same command resumes")
+    parser.add_argument("--export", metavar="OUT_DIR", nargs="?", default=None, const="",
                         help="then write the latest checkpoint's parameters as released "
-                             "weights to OUT_DIR (with --steps 0 or a finished run: export only)")
+                             "weights to OUT_DIR (default WORKDIR/weights) if its validation "
+                             "accuracy beats the weights already there (with --steps 0 or a "
+                             "finished run: export only)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     """Trains (and exports); errors propagate to ``jaxsr.cli``, which turns each kind into
     one line and its exit status."""
     from jaxsr.train.config import apply_overrides, load_config
-    from jaxsr.train.export import export_weights
+    from jaxsr.train.export import EXPORT_DIR, export_if_improved
     from jaxsr.train.loop import train
 
     overrides = [f"workdir={args.workdir}", *args.overrides]
@@ -41,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
     else:
         config = apply_overrides(_saved_config(args.workdir), overrides)
-    train(config)
-    if args.export:
-        out = export_weights(config.workdir, args.export)
-        print(f"exported the latest checkpoint's parameters to {out}")
+    train(config, max_time=args.max_time)
+    if args.export is not None:
+        out = args.export or str(Path(config.workdir) / EXPORT_DIR)
+        print(export_if_improved(config, out).describe(), flush=True)
     return 0
 
 

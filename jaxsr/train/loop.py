@@ -10,7 +10,8 @@ One call runs (or resumes) the run that ``config`` describes in ``config.workdir
    devices; one pmapped update; the step's metrics are read one step late, so that the
    host never waits for the device it has just fed; checkpoints every
    ``checkpoint_every`` steps, at the end, and at the first step boundary after SIGTERM
-   or SIGINT (then ``train`` returns); a validation every ``validate_every`` steps.
+   or SIGINT (then ``train`` returns), and at the step boundary where ``max_time`` runs out
+   (likewise); a validation every ``validate_every`` steps.
 
 A non-finite loss or gradient norm raises ``NonFiniteLossError`` naming the step before
 any checkpoint of that step or later is written: the last checkpoint stays the last good one.
@@ -18,6 +19,7 @@ any checkpoint of that step or later is written: the last checkpoint stays the l
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -25,6 +27,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Self
 
@@ -59,7 +62,8 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     """How ``train`` ended: ``step`` updates done, ``stopped`` "finished" (reached
-    ``config.steps``) or "signal" (SIGTERM/SIGINT: saved, resume by calling again)."""
+    ``config.steps``), "signal" (SIGTERM/SIGINT) or "time" (``max_time`` ran out); after a
+    signal or the time limit the state is saved, and calling ``train`` again resumes it."""
 
     workdir: Path
     step: int
@@ -67,8 +71,15 @@ class TrainResult:
     last_metrics: dict | None
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Trains (or resumes training) as ``config`` says; see the module docstring."""
+def train(config: TrainConfig, *, max_time: float | None = None) -> TrainResult:
+    """Trains (or resumes training) as ``config`` says; see the module docstring.
+
+    ``max_time``: seconds of wall time for this call, set-up and compilation included. The
+    loop does not start a step that would end past it (judged by the last steps'
+    durations); it then saves a checkpoint and returns, like after SIGTERM. A limit is not
+    part of the run: calling again (with a new limit or none) continues it exactly.
+    """
+    deadline = None if max_time is None else time.monotonic() + max_time
     # ------------------------------------------------------------------ set-up
     _initialize_distributed(config)
     workdir = Path(config.workdir)
@@ -96,7 +107,7 @@ def train(config: TrainConfig) -> TrainResult:
 
         # ---------------------------------------------------------------- loop
         train_step = _pmapped_step(model.config, config.clip_norm, config.micro_batch)
-        run = _Run(config, model, train_step, schedule, checkpoints, logger, stream)
+        run = _Run(config, model, train_step, schedule, checkpoints, logger, stream, deadline)
         stop = cleanup.enter_context(_StopRequest())
         return run.loop(parallel.replicate(state), start, stop)
 
@@ -104,10 +115,14 @@ def train(config: TrainConfig) -> TrainResult:
 class _Run:
     """The loop's state and its per-step bookkeeping."""
 
-    def __init__(self, config, model, train_step, schedule, checkpoints, logger, stream):
+    def __init__(self, config, model, train_step, schedule, checkpoints, logger, stream,
+                 deadline: float | None = None):
         self.config, self.model, self.train_step = config, model, train_step
         self.schedule = schedule
         self.checkpoints, self.logger, self.stream = checkpoints, logger, stream
+        self.deadline = deadline  # time.monotonic() past which no step should end
+        self._step_seconds = collections.deque(maxlen=2)  # the last two steps' durations
+        self._step_started = None
         self._validation_set = None
         self._unchecked = None  # (step, lr, metrics on device) not yet read back
         self.last_metrics = None
@@ -122,7 +137,8 @@ class _Run:
             step += 1
             self._check_and_log()  # the previous step's, while this one runs
             self._unchecked = (step, lr, metrics)
-            stopping = _agree(stop.requested)
+            timed_out = self._out_of_time()
+            stopping = _agree(stop.requested or timed_out)
             last = stopping or step == config.steps
             save = last or step % config.checkpoint_every == 0
             log = last or step % config.log_every == 0
@@ -133,13 +149,32 @@ class _Run:
             if log:
                 self.logger.interval(step)
             if stopping:  # no validation: the grace period after SIGTERM may be short
-                self.logger.message(f"stopped by {stop.signal_name} at step {step}; checkpoint "
-                                    "saved; run the same command again to resume")
-                return TrainResult(Path(config.workdir), step, "signal", self.last_metrics)
+                return self._stopped(step, stop)
             if config.validate_every and step % config.validate_every == 0:
                 self._validate(step, state)
+                self._step_started = time.monotonic()  # a validation is not a step's time
         self._check_and_log()
         return TrainResult(Path(config.workdir), step, "finished", self.last_metrics)
+
+    def _out_of_time(self) -> bool:
+        """Whether the next step would end past the deadline, if it lasts as long as the
+        shorter of the last two: one slow step (a new batch shape compiling) does not stop
+        the run early. The first step of a call is not timed: it includes the compilation."""
+        now = time.monotonic()
+        if self._step_started is not None:
+            self._step_seconds.append(now - self._step_started)
+        self._step_started = now
+        expected = min(self._step_seconds, default=0.0)
+        return self.deadline is not None and now + expected >= self.deadline
+
+    def _stopped(self, step: int, stop: _StopRequest) -> TrainResult:
+        if stop.requested:
+            reason, why = "signal", f"stopped by {stop.signal_name}"
+        else:  # this host's clock, or another host's (they all stop at the same step)
+            reason, why = "time", "stopped at the time limit"
+        self.logger.message(f"{why} at step {step}; checkpoint saved; run the same command "
+                            "again to resume")
+        return TrainResult(Path(self.config.workdir), step, reason, self.last_metrics)
 
     def _check_and_log(self) -> None:
         """Reads back the unchecked step's metrics; raises if they are not finite."""
