@@ -58,8 +58,9 @@ def to_expressions(tokens, lengths=None) -> Expressions:
             dropped[reason_kind(err.reason)] += 1
         except ValueError:  # an id outside the vocabulary
             dropped["token id out of range"] += 1
+    # One row (1-D tokens) has no leading index: unravel_index would refuse an empty shape.
     index = np.stack(np.unravel_index(np.asarray(kept, int), tokens.shape[:-1]), axis=-1) \
-        if kept else np.zeros((0, tokens.ndim - 1), int)
+        if kept and tokens.ndim > 1 else np.zeros((len(kept), tokens.ndim - 1), int)
     return Expressions(exprs, index, dropped)
 
 

@@ -14,6 +14,7 @@ where the later id wins (``<EOS>`` = 74, ``<PAD>`` = 82).
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from jaxsr.expr import operators
 PRECISION = 3  # digits after the point in "%.3e": 4 significant digits
 MANTISSA_DIGITS = PRECISION + 1
 MAX_EXPONENT = 100
+_MANTISSA_WORD = re.compile(rf"N[0-9]{{{MANTISSA_DIGITS}}}")
+_EXPONENT_WORDS = frozenset(f"E{e}" for e in range(-MAX_EXPONENT, MAX_EXPONENT + 1))
 MAX_INPUT_DIMENSION = 10
 TOKENS_PER_FLOAT = 3
 
@@ -172,14 +175,13 @@ def decode_float(tokens) -> float:
     sign, mant, expo = tokens
     if sign not in ("+", "-"):
         raise ValueError(f"expected a sign token '+' or '-', got {sign!r}")
-    if not (mant[:1] == "N" and len(mant) == 1 + MANTISSA_DIGITS and mant[1:].isdigit()):
+    # Only vocabulary words: int() alone would also take "E+5", "E05", "E1_0" or non-ASCII
+    # digits, and fail with a TypeError on a token that is not a string.
+    if not (isinstance(mant, str) and _MANTISSA_WORD.fullmatch(mant)):
         raise ValueError(f"expected a mantissa token N0000..N9999, got {mant!r}")
-    try:
-        exponent = int(expo[1:]) if expo[:1] == "E" else None
-    except ValueError:
-        exponent = None
-    if exponent is None or abs(exponent) > MAX_EXPONENT:
+    if not (isinstance(expo, str) and expo in _EXPONENT_WORDS):
         raise ValueError(f"expected an exponent token E-100..E100, got {expo!r}")
+    exponent = int(expo[1:])
     # The reference computes sign * int * 10**exp in Python numbers; keep that rounding.
     return float((1 if sign == "+" else -1) * int(mant[1:]) * (10**exponent))
 
@@ -229,4 +231,4 @@ def encode_points(x, y, max_dimension: int = MAX_INPUT_DIMENSION) -> np.ndarray:
                   Vocab.encoder()["<INPUT_PAD>"], np.int32)
     ids[:, :d] = float_token_ids(x)
     ids[:, max_dimension] = float_token_ids(y)
-    return ids.reshape(n, -1)
+    return ids.reshape(n, TOKENS_PER_FLOAT * (max_dimension + 1))  # -1 fails for n = 0

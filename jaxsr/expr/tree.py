@@ -267,6 +267,8 @@ def _from_sympy(e: sympy.Basic, index: dict[str, int]) -> Expr:
     if e in _SYMPY_CONSTANTS:
         return Expr(_SYMPY_CONSTANTS[e])
     if e.is_Number:
+        if not e.is_finite:  # oo, -oo, nan: no refinable constant stands for them
+            raise ValueError(f"cannot convert the non-finite number {e} to an expression tree")
         return Expr.const(float(e))
     if e.is_Add:
         terms = [_signed_term(t, index) for t in e.as_ordered_terms()]
