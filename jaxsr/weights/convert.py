@@ -31,6 +31,7 @@ import math
 import os
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import ml_dtypes
@@ -160,6 +161,9 @@ def _strided_copy(storage: np.ndarray, offset, size, stride) -> np.ndarray:
         raise CheckpointError(f"tensor size {size} and stride {stride} differ in rank")
     if math.prod(size) == 0:
         return np.zeros(size, storage.dtype)
+    if math.prod(size) > storage.size:  # overlapping strides (0) could ask for any size
+        raise CheckpointError(f"tensor of size {size} has more elements than its storage "
+                              f"({storage.size})")
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= storage.size:
         raise CheckpointError(f"tensor (offset {offset}, size {size}, stride {stride}) reads "
@@ -266,7 +270,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def unpickle_checkpoint(path: str | os.PathLike):
     """The object graph of a torch zip checkpoint: arrays, containers and ``Opaque``s."""
-    archive = _TorchZip(Path(path))
+    try:
+        archive = _TorchZip(Path(path))
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError) as err:
+        raise CheckpointError(f"{path} is a damaged zip archive: {err}") from None
     try:
         return _RestrictedUnpickler(archive).load()
     except CheckpointError:

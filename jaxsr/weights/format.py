@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import warnings
 import zipfile
@@ -204,7 +205,7 @@ def _meta_path(path: Path) -> Path:
 def _read_meta(meta_path: Path) -> dict:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise WeightsFormatError(f"{meta_path} is not valid JSON: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise WeightsFormatError(f"{meta_path} is not a {FORMAT} file")
@@ -215,7 +216,52 @@ def _read_meta(meta_path: Path) -> dict:
     missing = [key for key in required if key not in meta]
     if missing:
         raise WeightsFormatError(f"{meta_path} lacks the entries {missing}")
+    _check_entries(meta, meta_path)
     return meta
+
+
+# The type of each model.json entry a load reads, and of each decoding default the
+# regressor reads (an edited file must fail here, by name, rather than deep in a fit).
+_ENTRY_TYPES = {"sha256": str, "config": dict, "decoding": dict, "encoder_vocab": list,
+                "decoder_vocab": list, "metadata": dict}
+_DECODING_CHECKS = {
+    "beam_type": (lambda v: isinstance(v, str), "a string"),
+    "beam_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "beam_temperature": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "beam_length_penalty": (lambda v: _is_number(v), "a number"),
+    "beam_early_stopping": (lambda v: isinstance(v, bool), "true or false"),
+    "max_generated_output_len": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "max_input_points": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _check_entries(meta: dict, meta_path: Path) -> None:
+    for key, kind in _ENTRY_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise WeightsFormatError(f"{meta_path}: {key} must be a JSON "
+                                     f"{'object' if kind is dict else kind.__name__}, got "
+                                     f"{type(meta[key]).__name__}")
+    for key, (valid, wanted) in _DECODING_CHECKS.items():
+        if key in meta["decoding"] and not valid(meta["decoding"][key]):
+            raise WeightsFormatError(f"{meta_path}: decoding.{key} must be {wanted}, got "
+                                     f"{meta['decoding'][key]!r}")
+    # Decoding reads tokens with jaxsr's vocabulary, whatever the file lists.
+    for side, theirs, ours in (("encoder", meta["encoder_vocab"], jaxsr_encoder_vocab()),
+                               ("decoder", meta["decoder_vocab"], jaxsr_decoder_vocab())):
+        if theirs != ours:
+            first = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b),
+                         min(len(theirs), len(ours)))
+            raise WeightsFormatError(
+                f"{meta_path}: the {side} vocabulary is not jaxsr's ({len(theirs)} words, "
+                f"jaxsr has {len(ours)}; first difference at id {first})")
 
 
 def _config_from_meta(meta: dict, meta_path: Path) -> ModelConfig:
