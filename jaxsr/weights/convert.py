@@ -161,13 +161,13 @@ def _strided_copy(storage: np.ndarray, offset, size, stride) -> np.ndarray:
         raise CheckpointError(f"tensor size {size} and stride {stride} differ in rank")
     if math.prod(size) == 0:
         return np.zeros(size, storage.dtype)
-    if math.prod(size) > storage.size:  # overlapping strides (0) could ask for any size
-        raise CheckpointError(f"tensor of size {size} has more elements than its storage "
-                              f"({storage.size})")
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= storage.size:
         raise CheckpointError(f"tensor (offset {offset}, size {size}, stride {stride}) reads "
                               f"past its storage of {storage.size} elements")
+    if math.prod(size) > storage.size:  # overlapping strides (0) could ask for any size
+        raise CheckpointError(f"tensor of size {size} has more elements than its storage "
+                              f"({storage.size})")
     itemsize = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
         storage[offset:], shape=size, strides=[s * itemsize for s in stride], writeable=False)
