@@ -28,13 +28,16 @@ thread that exists (``threads.py``). Every method is therefore limited to T core
 pyoperon gets ``n_threads=T`` and gplearn ``n_jobs=T`` (its worker processes inherit the cores).
 
 Budget (``--budget S`` seconds per problem, default 5). jaxsr: ``max_time=S``, checked between
-decoding calls and refinement rounds, so a fit may overrun by one call; each jaxsr method fits
-its first problem once untimed before timing (compilation), and problems of other shapes may
-still compile a little inside the budget. pyoperon: ``max_time`` (``time_limit`` before 0.5) of
-whole seconds, S rounded down. gplearn has no time limit: it evolves one generation, then
-chunks of generations sized to half the remaining budget at the last measured speed
-(``warm_start``), and stops when the next generation would not fit. The seconds actually spent
-in ``fit`` are recorded for every problem.
+decoding calls and refinement rounds, so a fit overruns by up to one decoding call (a few
+seconds on a 2-core CPU), and when the budget is spent before refinement the candidates are
+returned unrefined; each jaxsr method fits its first problem once untimed before timing
+(compilation), and problems of other shapes may still compile a little inside the budget.
+pyoperon: ``max_time`` (``time_limit`` before 0.5) of whole seconds, S rounded down. gplearn
+has no time limit: it evolves one generation, then chunks of generations sized to half the
+remaining budget at the last measured speed (``warm_start``), and stops when the next
+generation would not fit; on several threads it too gets an untimed first fit (its worker
+processes start then). The seconds actually spent in ``fit`` are recorded for every problem,
+and the summary shows the largest.
 
 Scores: test R2 of the method's own predictions; solved at R2 > 0.99 and > 0.999; symbolic
 solution (``jaxsr.metrics.check_symbolic_solution`` on the formula, as ``srbench.py``);
@@ -73,6 +76,7 @@ import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import numbers  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from importlib import metadata  # noqa: E402
@@ -93,6 +97,8 @@ from experiments.problems import (  # noqa: E402
 from jaxsr.metrics import check_symbolic_solution, complexity, parse_formula, r2_score  # noqa: E402
 
 QUICK_PROBLEMS = ("feynman_I_12_1", "strogatz_lv1")
+WARM_UP = ("one untimed fit per process before timing for every jaxsr method (compilation) and "
+           "for gplearn on several threads (worker processes)")
 RESULTS = "peers_results.csv"
 FIGURE = "accuracy_vs_time.png"
 # One row per job; a merge counts each job once.
@@ -142,6 +148,9 @@ class Method:
 
     def unavailable(self) -> str | None:
         return None
+
+    def needs_warm_up(self, run: RunSettings) -> bool:
+        return self.warm_up
 
     def settings(self, run: RunSettings) -> dict:
         return {}
@@ -302,6 +311,10 @@ class GplearnMethod(Method):
     def unavailable(self) -> str | None:
         return missing_module("gplearn.genetic", "gplearn")
 
+    def needs_warm_up(self, run: RunSettings) -> bool:
+        # n_jobs > 1: joblib starts its worker processes (seconds) on the first fit.
+        return run.threads > 1
+
     def settings(self, run: RunSettings, seed: int = 0) -> dict:
         # low_memory: keep only the last generation (the budget may allow thousands).
         return {**GPLEARN_SETTINGS, "n_jobs": run.threads, "random_state": seed,
@@ -439,7 +452,8 @@ def result_row(job: Job, problem: GroundTruthProblem, fitted: Fitted | None, pre
 
 def warm_up(method: Method, problem: GroundTruthProblem, seed: int, run: RunSettings,
             log) -> None:
-    """One untimed fit, so that compilation is not charged to the first timed problem."""
+    """One untimed fit, so that compilation (jaxsr) or starting worker processes (gplearn on
+    several threads) is not charged to the first timed problem."""
     start = time.perf_counter()
     fit_and_predict(method, problem, seed, run)
     log(f"  warm-up of {method.name} on {problem.name}: {time.perf_counter() - start:.1f} s "
@@ -453,7 +467,7 @@ def run_jobs(jobs: list[Job], methods: dict[str, Method], store: ProblemStore,
     for k, job in enumerate(jobs, 1):
         method = methods[job.method]
         problem = store.get(job.problem, job.seed, job.noise)
-        if method.warm_up and job.method not in warmed:
+        if method.needs_warm_up(run) and job.method not in warmed:
             warmed.add(job.method)
             warm_up(method, problem, job.seed, run, log)
         fitted, prediction, seconds, error = fit_and_predict(method, problem, job.seed, run)
@@ -562,8 +576,7 @@ def report(results: pd.DataFrame, out: Path, notes: list[str], title: str) -> st
     table.to_csv(out / "summary.csv", index=False)
     described = run_description(results)
     sections = [f"### {title}", f"{len(results)} runs; {described}. Seconds: wall time of each "
-                "method's fit (jaxsr after one untimed warm-up fit per method and process); "
-                "sympy's symbolic check is not counted."]
+                f"method's fit, after {WARM_UP}; sympy's symbolic check is not counted."]
     sections += [f"Note: {note}" for note in notes]
     for grouping, heading in (("all", "All problems"), ("family", "By family"),
                               ("variables", "By number of variables")):
@@ -674,8 +687,9 @@ def check_arguments(args, table: dict[str, Method]) -> str | None:
         return f"--methods {unknown}: not among {list(table)}"
     if args.budget is not None and not args.budget > 0:
         return f"--budget must be positive, got {args.budget}"
-    if args.threads < 1:
-        return f"--threads must be at least 1, got {args.threads}"
+    cores = len(os.sched_getaffinity(0))
+    if not 1 <= args.threads <= cores:
+        return f"--threads must be between 1 and the {cores} core(s) this process may use"
     try:
         patterns = args.problems or (list(QUICK_PROBLEMS) if args.quick else None)
         select_names(all_problem_names(args.data), patterns)
@@ -720,8 +734,7 @@ def run(args) -> int:
                                 "methods": {n: method_record(table[n], settings, skipped)
                                             for n in names},
                                 "skipped": skipped, "threads": pinning.record(),
-                                "warm_up": "one untimed fit per jaxsr method and process "
-                                           "before timing (compilation)",
+                                "warm_up": WARM_UP,
                                 "shard": f"{index}/{count}", "jobs": len(jobs),
                                 "problems": problems, "peer_versions": peer_versions()})
     print(f"wrote {out} in {clock.seconds:.1f} s")
