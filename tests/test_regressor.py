@@ -320,7 +320,7 @@ BAD_INPUT = {
         lambda: (pd.DataFrame({"a": [1.0, 2.0, 3.0], "city": ["x", "y", "z"],
                                "when": pd.to_datetime(["2020", "2021", "2022"])}),
                  np.arange(3.0)),
-        "non-numeric columns: 'city', 'when'"),
+        "X column 'city' has a non-numeric value 'x' at row 0"),
     "y beyond the float encoding": (lambda: (X_LINE, Y_LINE * 1e150), "y reaches"),
     "negative weights": (lambda: (X_LINE, Y_LINE, -np.ones(len(Y_LINE))), "non-negative"),
 }
