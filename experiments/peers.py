@@ -547,8 +547,8 @@ def plot_accuracy_vs_time(overall: pd.DataFrame, path: Path, title: str,
     ax.set_xscale("log")
     if overall.empty:
         ax.set_xlim(0.1, 100)
-    # Plain numbers at 1, 2 and 5 per decade: the points often span less than a decade.
-    plain = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "125" else "")
+    # Plain numbers at 1, 2, 3 and 5 per decade: the points often span less than a decade.
+    plain = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "1235" else "")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(plain)
     ax.set_ylim(-3, 103)
@@ -760,7 +760,7 @@ def merge(args) -> int:
     results.to_csv(out / RESULTS, index=False)
     notes = skipped_notes(shard_skips(args.merge), len(args.merge))
     print(report(results, out, notes, "jaxsr and peers on SRBench ground-truth problems "
-                                      f"({len(args.merge)} runs merged)"))
+                                      f"({len(args.merge)} folder(s) merged)"))
     common.write_provenance(out, "peers-merge", args, {}, wall_seconds=clock.seconds, extra={
         "merged": [str(d) for d in args.merge], "rows": len(results),
         "duplicates_dropped": duplicates, "skipped": {
