@@ -254,7 +254,11 @@ def start(args: argparse.Namespace) -> tuple[Path, Stopwatch]:
     starts the clock."""
     warnings.filterwarnings("once", category=UntrainedModelWarning)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file of that name, no permission: one line, before any work
+        raise SystemExit(f"--out {out}: cannot create the output folder: "
+                         f"{err.strerror or err}") from None
     return out, Stopwatch()
 
 

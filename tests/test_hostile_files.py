@@ -393,6 +393,8 @@ def frames(draw):
     return frame
 
 
+@pytest.mark.filterwarnings("ignore:column names changed:UserWarning",
+                            "ignore::RuntimeWarning")  # pandas casting random cells
 @given(frames(), st.data())
 def test_the_regressor_checks_any_frame_with_named_errors(frame, data):
     """``_prepare`` (every input check of ``fit``, without a model) on frames of any dtypes,

@@ -19,6 +19,7 @@ import bz2
 import codecs
 import csv
 import gzip
+import io
 import lzma
 import re
 import zipfile
@@ -289,19 +290,48 @@ def _numeric(path: Path, compression: str | None, sep: str, table):
             if np.isfinite(columns[name]).all():
                 continue
         raw = _raw_column(path, compression, sep, list(table.columns), position, len(table))
-        columns[name] = _checked_values(path, name, raw)
+        try:
+            columns[name] = _checked_values(path, name, raw)
+        except DataError:
+            _check_row_length(path, compression, sep, len(table.columns), _first_bad(raw))
+            raise
     return type(table)(columns)
 
 
+def _first_bad(cells: list[str]) -> int:
+    import pandas as pd
+
+    values = pd.to_numeric(pd.Series([c.strip() for c in cells], dtype=object),
+                           errors="coerce").to_numpy(np.float64)
+    return int(np.flatnonzero(~np.isfinite(values))[0])
+
+
+def _check_row_length(path: Path, compression, sep: str, n_columns: int, row: int) -> None:
+    """pandas pads a short row with empty cells; this tells the two apart by reading that
+    row's line (data row ``row``, 0-based, blank lines skipped as pandas does)."""
+    with _open_binary(path, compression) as f:
+        lines = (line for line in io.TextIOWrapper(f, encoding="utf-8-sig") if line.strip())
+        next(lines, None)  # the header
+        for i, line in enumerate(lines):
+            if i == row:
+                line = line.rstrip("\r\n")
+                fields = len(line.split() if sep == WHITESPACE else _split(line, sep))
+                if fields < n_columns:
+                    raise DataError(f"{path}: row {row + 1} has {fields} field(s) but the "
+                                    f"header has {n_columns}; rows count from 1 after the "
+                                    "header")
+                return
+
+
 def _raw_column(path: Path, compression, sep, names, position: int, rows: int) -> list:
-    """One column's cells as text (None where a row has no such field)."""
+    """One column's cells as text ("" where a row has no such field, as pandas pads it)."""
     import pandas as pd
 
     raw = pd.read_csv(
         path, sep=sep, header=0, names=names, usecols=[position], compression=compression,
         encoding="utf-8-sig", nrows=rows, skipinitialspace=True, dtype=str,
         keep_default_na=False, na_filter=False, engine="c", index_col=False)
-    return [cell if isinstance(cell, str) else None for cell in raw.iloc[:, 0].tolist()]
+    return [cell if isinstance(cell, str) else "" for cell in raw.iloc[:, 0].tolist()]
 
 
 def _checked_values(path: Path, name: str, cells: list) -> np.ndarray:
@@ -309,7 +339,7 @@ def _checked_values(path: Path, name: str, cells: list) -> np.ndarray:
     row, 1-based after the header, and its text) and how many more there are."""
     import pandas as pd
 
-    text = pd.Series([c.strip() if c is not None else "" for c in cells], dtype=object)
+    text = pd.Series([c.strip() for c in cells], dtype=object)
     values = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
     if not bad.size:
@@ -317,9 +347,6 @@ def _checked_values(path: Path, name: str, cells: list) -> np.ndarray:
     first = int(bad[0])
     more = f" ({len(bad) - 1:,} more bad cell(s) in this column)" if len(bad) > 1 else ""
     where, row = f"{path}: column {name!r}", f"row {first + 1}"
-    if cells[first] is None:
-        raise DataError(f"{where} is missing at {row}: the row has fewer fields than the "
-                        f"header{more}")
     raise DataError(f"{where} has {_describe(cells[first], values[first])} at {row}{more}; "
                     "rows count from 1 after the header")
 
