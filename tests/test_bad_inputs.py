@@ -455,3 +455,32 @@ def test_the_harness_names_an_output_folder_it_cannot_create(tmp_path):
     args = common.parser("test").parse_args(["--out", str(tmp_path / "taken")])
     with pytest.raises(SystemExit, match=f"--out {tmp_path / 'taken'}: cannot create"):
         common.start(args)
+
+
+# ---------------------------------------------------------------------------- the docs
+
+
+def _documented_tests() -> list[tuple[str, str, str | None]]:
+    """(file, function, case or None) of every test docs/errors.md names; a row written
+    ``...[case]`` continues the test named above it."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    found, last = [], None
+    for match in re.finditer(r"`(?:(test_\w+\.py)::(\w+)|\.\.\.)(?:\[([^\]]+)\])?`", text):
+        if match.group(1):
+            last = match.group(1), match.group(2)
+        assert last is not None, f"{match.group(0)} continues no test"
+        found.append((*last, match.group(3)))
+    return found
+
+
+def test_every_test_docs_errors_names_exists():
+    documented = _documented_tests()
+    assert len({(f, name, case) for f, name, case in documented}) >= 40
+    here = Path(__file__).resolve().parent
+    for file, name, case in documented:
+        source = (here / file).read_text()
+        assert f"def {name}(" in source, f"{file}::{name}"
+        if case is not None:
+            assert f'"{case}"' in source, f"{file}::{name}[{case}]"

@@ -20,6 +20,7 @@ from jaxsr.expr import operators
 from jaxsr.expr.random_trees import random_expr
 from jaxsr.expr.tokens import MAX_EXPONENT, MAX_INPUT_DIMENSION
 from jaxsr.expr.tree import CONSTANT, parse_prefix
+from jaxsr.regressor import inputs
 
 DECODER_WORDS = Vocab.decoder().id2word
 OPERATOR_WORDS = [op.name for op in operators.OPERATORS]
@@ -71,6 +72,7 @@ def test_parse_prefix_gives_a_tree_or_invalid_expression(toks, trailing):
         return
     used = _tokens_used(expr)
     assert used <= len(toks) if trailing else used == len(toks)
+    assert expr.n_constants <= inputs.max_constants(used)  # the documented bound
     again = parse_prefix(expr.prefix())  # a tree's own tokens always parse back
     assert again.skeleton() == expr.skeleton()
     # Non-canonical float words (N0012 E-3) re-encode to 4 significant digits.

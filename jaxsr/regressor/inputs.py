@@ -204,6 +204,13 @@ def max_rows_for(n_features: int) -> int:
     return min(MAX_ROWS, MAX_VALUES // max(n_features, 1))
 
 
+def max_constants(max_len: int) -> int:
+    """The most float constants a formula of ``max_len`` tokens holds: each takes 3 tokens
+    and every two leaves need a binary operator, so k constants need 4k - 1 tokens. The
+    regressor's ``max_len`` (at most the model's positions) thereby bounds them."""
+    return (max_len + 1) // 4
+
+
 def limits_text() -> str:
     return (f"limits: {MAX_ROWS:,} rows, {MAX_FEATURES:,} features, {MAX_VALUES:,} values "
             "in all")
