@@ -53,7 +53,8 @@ def default_chunk(n_node_slots: int) -> int:
     target = max(n_node_slots // 64, 8)
     return int(min(MAX_CHUNK, 1 << (target.bit_length() - 1)))
 
-_KIND_VAR, _KIND_CONST, _KIND_FIXED, _KIND_OP = range(4)
+# Node kinds of the flat node arrays (``Nodes``).
+KIND_VAR, KIND_CONST, KIND_FIXED, KIND_OP = range(4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +176,7 @@ class Programs:
 class _Template:
     """One expression's nodes in postorder, as arrays (cached per expression)."""
 
-    kind: np.ndarray      # _KIND_*
+    kind: np.ndarray      # KIND_*
     arg: np.ndarray       # variable index / constant ordinal / opcode
     fixed: np.ndarray     # value of fixed leaves
     children: np.ndarray  # (n, 2) local child indices, -1 where absent
@@ -197,18 +198,18 @@ def _template(expr: Expr) -> _Template:
     for i, node in enumerate(nodes):
         index[id(node)] = i
         if node.is_constant:
-            kind[i], arg[i] = _KIND_CONST, n_consts
+            kind[i], arg[i] = KIND_CONST, n_consts
             n_consts += 1
         elif node.variable is not None:
-            kind[i], arg[i] = _KIND_VAR, node.variable
+            kind[i], arg[i] = KIND_VAR, node.variable
         elif node.operator.arity == 0:
-            kind[i], fixed[i] = _KIND_FIXED, node.operator.value
+            kind[i], fixed[i] = KIND_FIXED, node.operator.value
         else:
-            kind[i], arg[i] = _KIND_OP, operators.OPCODE[node.token]
+            kind[i], arg[i] = KIND_OP, operators.OPCODE[node.token]
             kids = [index[id(c)] for c in node.children]
             children[i, : len(kids)] = kids
             height[i] = 1 + max(height[k] for k in kids)
-    return _Template(kind, arg, fixed, children, height, int(np.sum(kind == _KIND_OP)),
+    return _Template(kind, arg, fixed, children, height, int(np.sum(kind == KIND_OP)),
                      n_consts, expr.constants())
 
 
@@ -231,19 +232,69 @@ def compile_programs(
     size = size or ProgramSize.fitting(exprs)
     templates = [_template(e) for e in exprs]
     size.check(templates)
-    B, K = len(exprs), size.constants
-    chunk = chunk or default_chunk(B * size.ops)
+    return assemble(Nodes.concatenate(templates), size, chunk)
 
-    # Concatenate the templates with per-program offsets.
-    cat = lambda field: np.concatenate([getattr(t, field) for t in templates])
-    lengths = np.array([len(t.kind) for t in templates])
-    program = np.repeat(np.arange(B), lengths).astype(np.int32)
-    offset = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    kind, arg, fixed, height = cat("kind"), cat("arg"), cat("fixed"), cat("height")
-    children = np.where(cat("children") >= 0, cat("children") + offset[:, None], -1)
+
+@dataclasses.dataclass(frozen=True)
+class Nodes:
+    """The nodes of B programs, flat: what ``assemble`` turns into a ``Programs`` batch.
+
+    Node order within a program is free (the interpreter sorts operator nodes itself), so
+    trees (postorder templates) and the search's array-form populations (prefix order) both
+    build one of these without going through each other.
+
+    Attributes:
+      kind: (n,) KIND_* of each node.
+      arg: (n,) variable index, constant ordinal within its program (in prefix order of the
+        leaves) or opcode.
+      fixed: (n,) value of fixed leaves (0 elsewhere).
+      children: (n, 2) global indices of the operands, -1 where absent.
+      height: (n,) longest path down to a leaf.
+      program: (n,) the program each node belongs to.
+      root: (B,) global index of each program's root.
+      constants: (B, K') float constants of each program in prefix order, zero-padded.
+      n_constants: (B,) constants in use per program.
+    """
+
+    kind: np.ndarray
+    arg: np.ndarray
+    fixed: np.ndarray
+    children: np.ndarray
+    height: np.ndarray
+    program: np.ndarray
+    root: np.ndarray
+    constants: np.ndarray
+    n_constants: np.ndarray
+
+    @staticmethod
+    def concatenate(templates: Sequence[_Template]) -> Nodes:
+        cat = lambda field: np.concatenate([getattr(t, field) for t in templates])
+        lengths = np.array([len(t.kind) for t in templates])
+        offset = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        n_constants = np.array([t.n_consts for t in templates])
+        constants = np.zeros((len(templates), max(1, n_constants.max(initial=0))))
+        for p, t in enumerate(templates):
+            constants[p, : t.n_consts] = t.constants
+        return Nodes(
+            kind=cat("kind"), arg=cat("arg"), fixed=cat("fixed"),
+            children=np.where(cat("children") >= 0, cat("children") + offset[:, None], -1),
+            height=cat("height"),
+            program=np.repeat(np.arange(len(templates)), lengths).astype(np.int32),
+            root=np.cumsum(lengths) - 1, constants=constants, n_constants=n_constants)
+
+
+def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None) -> Programs:
+    """The interpreter's tables for ``nodes`` (host-side numpy work, no per-program loop).
+
+    The caller guarantees that the programs fit ``size`` (``ProgramSize.check``).
+    """
+    B, K = len(nodes.root), size.constants
+    chunk = chunk or default_chunk(B * size.ops)
+    kind, arg, fixed, height, program = (nodes.kind, nodes.arg, nodes.fixed, nodes.height,
+                                         nodes.program)
 
     # Operator nodes sorted by (height, opcode): chunks are homogeneous and in dependency order.
-    op_nodes = np.flatnonzero(kind == _KIND_OP)
+    op_nodes = np.flatnonzero(kind == KIND_OP)
     order = op_nodes[np.lexsort((arg[op_nodes], height[op_nodes]))]
     node_index = np.full(len(kind), -1, np.int32)
     node_index[order] = np.arange(len(order))
@@ -251,31 +302,30 @@ def compile_programs(
     # Every node described as an operand; a missing child (unary) is the scalar 0.
     as_operand = Operands(
         node=np.append(node_index, -1),
-        var=np.append(np.where(kind == _KIND_VAR, arg, -1), -1).astype(np.int32),
-        const=np.append(np.where(kind == _KIND_CONST, program * K + arg, -1), -1).astype(np.int32),
-        value=np.append(np.where(kind == _KIND_FIXED, fixed, 0.0), 0.0),
+        var=np.append(np.where(kind == KIND_VAR, arg, -1), -1).astype(np.int32),
+        const=np.append(np.where(kind == KIND_CONST, program * K + arg, -1), -1).astype(np.int32),
+        value=np.append(np.where(kind == KIND_FIXED, fixed, 0.0), 0.0),
         program=np.append(program, 0),
     )
     RB = B * size.ops
-    kids = children[order]
+    kids = nodes.children[order]
     operands = jax.tree.map(
         lambda a: _pad_rows(a[kids], RB + chunk, fill=0 if a is as_operand.value else -1),
         as_operand)
     operands.program = np.where(operands.program < 0, 0, operands.program).astype(np.int32)
-    roots = jax.tree.map(lambda a: a[np.cumsum(lengths) - 1], as_operand)
+    roots = jax.tree.map(lambda a: a[nodes.root], as_operand)
 
     starts, counts, opcodes = _chunks(height[order], arg[order], chunk)
     n_slots = -(-RB // chunk) + min(RB, size.depth * len(operators.FUNCTIONS))
     pad = lambda a: np.pad(a, (0, n_slots - len(a))).astype(np.int32)
 
+    width = min(K, nodes.constants.shape[1])
     constants = np.zeros((B, K))
-    mask = np.zeros((B, K), bool)
-    for p, t in enumerate(templates):
-        constants[p, : t.n_consts] = t.constants
-        mask[p, : t.n_consts] = True
+    constants[:, :width] = nodes.constants[:, :width]
+    mask = np.arange(K) < nodes.n_constants[:, None]
     parent, const_position = _cotangent_rows(kind, arg, program, node_index, kids,
-                                             np.cumsum(lengths) - 1, RB + chunk, K)
-    used = arg[kind == _KIND_VAR]
+                                             nodes.root, RB + chunk, K)
+    used = arg[kind == KIND_VAR]
     # The interpreter's tables go to the device once; constants stay on the host in float64.
     tables = jax.device_put((operands, roots, pad(starts), pad(counts), pad(opcodes),
                              np.int32(len(starts)), parent, const_position))
@@ -300,11 +350,11 @@ def _cotangent_rows(kind, arg, program, node_index, kids, root, n_node_rows: int
         has = child >= 0
         slot_of[child[has]] = 2 * np.flatnonzero(has) + k
     slot_of[root] = rows.roots + np.arange(B)
-    is_op = kind == _KIND_OP
+    is_op = kind == KIND_OP
     parent = np.full(n_node_rows, rows.zero, np.int64)
     parent[node_index[is_op]] = slot_of[is_op]
     const_position = np.full(B * K, rows.zero, np.int64)
-    is_const = kind == _KIND_CONST
+    is_const = kind == KIND_CONST
     const_position[program[is_const] * K + arg[is_const]] = slot_of[is_const]
     return parent.astype(np.int32), const_position.astype(np.int32)
 

@@ -79,6 +79,7 @@ def refine_constants(
     max_linesearch: int = 20,
     dtype=None,
     seed: int = 0,
+    min_size: ProgramSize | None = None,
 ) -> RefineResult:
     """Refines the float constants of every candidate, all at once, with L-BFGS.
 
@@ -104,6 +105,9 @@ def refine_constants(
         trial steps in a row before a candidate counts as stalled).
       dtype: "float32" (default) or "float64" (runs with x64 enabled).
       seed: seed of the random initialisation.
+      min_size: program capacities to use at least; a caller that knows a bound on its
+        candidates (the search's maximum length) passes it so that every call reuses one
+        compiled solver instead of compiling one per size bucket.
 
     Returns:
       A ``RefineResult``. A candidate's loss is never above its initial loss.
@@ -131,7 +135,7 @@ def refine_constants(
 
     with jax.enable_x64(dtype == np.float64):
         outcome, initial, params0, has_constants = _refine_on_devices(
-            exprs, X, y, weight, dataset_index, init, seed, dtype, settings)
+            exprs, X, y, weight, dataset_index, init, seed, dtype, settings, min_size)
 
     variance = _weighted_variance(y, weight)[dataset_index]
     return _result(exprs, outcome, initial, params0, has_constants, variance,
@@ -155,10 +159,11 @@ def _result(exprs, outcome, initial, params0, has_constants, variance, seconds) 
         converged=outcome.converged & has_constants, status=status, seconds=seconds)
 
 
-def _refine_on_devices(exprs, X, y, weight, dataset_index, init, seed, dtype, settings):
+def _refine_on_devices(exprs, X, y, weight, dataset_index, init, seed, dtype, settings,
+                       min_size=None):
     """Runs the solver with the candidates split over the local devices (pmap) when there
     are several; returns host arrays (outcome, initial loss, start point, has-constants)."""
-    size = _bucketed(ProgramSize.fitting(exprs))
+    size = _at_least(_bucketed(ProgramSize.fitting(exprs)), min_size)
     params0 = np.zeros((len(exprs), size.constants))
     for i, e in enumerate(exprs):
         params0[i, : e.n_constants] = e.constants()
@@ -170,7 +175,10 @@ def _refine_on_devices(exprs, X, y, weight, dataset_index, init, seed, dtype, se
     has_constants = mask.any(axis=1)
     data = _Data(jnp.asarray(X, dtype), jnp.asarray(y, dtype), jnp.asarray(weight, dtype),
                  dataset_index, 1.0 / _weighted_variance(y, weight)[dataset_index])
-    run = _refine_in_rounds if settings.solver == "batched" else _refine_lockstep
+    if settings.solver == "batched":
+        run = functools.partial(_refine_in_rounds, min_size=min_size)
+    else:
+        run = _refine_lockstep
     outcome, initial = run(exprs, data, params0, has_constants, size, settings)
     return outcome, initial, params0, has_constants
 
@@ -247,15 +255,16 @@ def _lockstep(problem: Problem, params0, has_constants, settings: solvers.Settin
 SHRINK, MIN_LANES = 4, 64
 
 
-def _refine_in_rounds(exprs, data, params0, has_constants, size, settings):
+def _refine_in_rounds(exprs, data, params0, has_constants, size, settings, min_size=None):
     """The batched solver, in rounds over ever smaller batches of the active candidates."""
     n_devices = jax.local_device_count()
     state = batched.initial_state(params0, has_constants, settings.history)
     lanes = np.arange(len(exprs))
     while len(lanes):
         per_shard = max(MIN_LANES, 1 << (-(-len(lanes) // n_devices) - 1).bit_length())
-        round_size = ProgramSize(_bucketed(ProgramSize.fitting([exprs[i] for i in lanes])).ops,
-                                 size.constants, size.depth)
+        round_size = ProgramSize(
+            _at_least(_bucketed(ProgramSize.fitting([exprs[i] for i in lanes])), min_size).ops,
+            size.constants, size.depth)
         shards = _Shards(exprs, lanes, data, round_size, per_shard, params0.dtype)
         start = {k: shards.pad_and_shard(v[lanes], v[0]) for k, v in state.items()}
         start["active"] = shards.pad_and_shard(state["active"][lanes], False)
@@ -273,6 +282,14 @@ def _bucketed(size: ProgramSize) -> ProgramSize:
     then share compiled code. Only buffer sizes grow; the work follows the actual nodes."""
     up = lambda n: max(4, 1 << (int(n) - 1).bit_length())
     return ProgramSize(up(size.ops), up(size.constants), up(size.depth))
+
+
+def _at_least(size: ProgramSize, bound: ProgramSize | None) -> ProgramSize:
+    """Each field of ``size`` raised to ``bound``'s (no change without a bound)."""
+    if bound is None:
+        return size
+    return ProgramSize(max(size.ops, bound.ops), max(size.constants, bound.constants),
+                       max(size.depth, bound.depth))
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,0 +1,215 @@
+"""``search="evolve"``: the model's samples seed ``jaxsr.search.evolve``, the model proposes
+formulas during the run, and the formula is chosen on rows the search never saw.
+
+    split rows -> sample (the paper's protocol, on the training part) -> evolve -> choose
+
+Rows: a problem's fit rows are split into a training part (75%) and a validation part.
+The search scores candidates on at most ``SEARCH_ROWS`` training rows. Its Pareto front,
+together with the best formulas the model sampled (which may be longer than the search
+allows), is then measured on all training rows and on the validation rows, and
+``choose`` picks the simplest formula whose validation error is within tolerance of the
+best one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import numpy as np
+
+from jaxsr import decode
+from jaxsr.expr import Expr, encode_points
+from jaxsr.regressor import pipeline
+from jaxsr.regressor.inputs import Problem
+from jaxsr.regressor.models import LoadedModel
+from jaxsr.search import SearchSettings, evolve
+from jaxsr.search.engine import MODEL_SAMPLE
+
+VALIDATION_FRACTION = 0.25
+MIN_VALIDATION_ROWS = 4       # fewer rows than this: choose on the training rows
+SEARCH_ROWS = 256             # training rows the search scores candidates on, at most
+# The chosen formula is the simplest one whose validation NMSE (MSE / variance of y) is
+# at most best * (1 + RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE.
+RELATIVE_TOLERANCE = 0.05
+ABSOLUTE_TOLERANCE = 1e-10
+SAMPLED_FINALISTS = 5         # best sampled formulas that compete with the front
+SEEDING_SHARE = 0.35          # of max_time, for sampling the seeds
+PROPOSALS_PER_TARGET = 16     # model samples per proposal request
+DEFAULT_GENERATIONS = 100     # when neither generations nor max_time is given
+SOURCE_SAMPLE = "model sample"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """A problem's fit rows split for the search (seeded by the problem's generator)."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    search: np.ndarray
+
+    @staticmethod
+    def split(problem: Problem) -> Rows:
+        rows = problem.fit_rows
+        order = problem.rng.permutation(len(rows))
+        n_val = int(round(VALIDATION_FRACTION * len(rows)))
+        if n_val < MIN_VALIDATION_ROWS or len(rows) - n_val < 2:
+            n_val = 0
+        train = np.sort(rows[order[n_val:]])
+        search = np.sort(rows[order[n_val:][:SEARCH_ROWS]])
+        return Rows(train, np.sort(rows[order[:n_val]]), search)
+
+
+# ---------------------------------------------------------------------------- proposals
+
+
+class ModelProposer:
+    """Asks the model for formulas fitting given targets on a problem's search rows (the
+    search's ``Proposer``): one bag per request, ``PROPOSALS_PER_TARGET`` samples each,
+    returned in the user's units."""
+
+    def __init__(self, loaded: LoadedModel, problems: list[Problem], rows: list[Rows],
+                 settings: pipeline.Settings, clock: pipeline.Clock):
+        self.loaded, self.problems, self.rows = loaded, problems, rows
+        self.settings = dataclasses.replace(settings, n_candidates=PROPOSALS_PER_TARGET,
+                                            decoding="sampling")
+        self.clock = clock
+        self.calls = 0
+
+    def __call__(self, requests, seed: int) -> list[list[Expr]]:
+        n_points = self.settings.max_input_points
+        kept, ids = [], []
+        for r, (q, target) in enumerate(requests):
+            p, rows = self.problems[q], self.rows[q].search
+            take = np.linspace(0, len(rows) - 1, min(n_points, len(rows))).astype(int)
+            try:
+                ids.append(encode_points(p.standardised(rows[take]), target[take],
+                                         max_dimension=self.loaded.max_features))
+            except ValueError:  # a target the model cannot read (too large, not finite)
+                continue
+            kept.append(r)
+        out = [[] for _ in requests]
+        if not kept:
+            return out
+        point_ids = np.zeros((len(kept), n_points, ids[0].shape[1]), np.int32)
+        mask = np.zeros((len(kept), n_points), bool)
+        for b, a in enumerate(ids):
+            point_ids[b, : len(a)], mask[b, : len(a)] = a, True
+        bags = pipeline.Bags(point_ids, mask, np.array([requests[r][0] for r in kept]))
+        settings = dataclasses.replace(self.settings, seed=seed)
+        tokens, lengths = pipeline.decode_bags(self.loaded, bags, settings, self.clock)
+        self.calls += 1
+        for b, r in enumerate(kept[: len(tokens)]):
+            p = self.problems[requests[r][0]]
+            parsed = decode.to_expressions(tokens[b: b + 1], lengths[b: b + 1])
+            out[r] = [pipeline.unscale(e, p) for e in parsed.exprs
+                      if max(e.variables(), default=-1) < p.n_selected]
+        return out
+
+
+# ---------------------------------------------------------------------------- the pass
+
+
+def run(problems: list[Problem], loaded: LoadedModel, settings: pipeline.Settings,
+        clock: pipeline.Clock) -> list[pipeline.Outcome]:
+    """Seeds, evolves and chooses for all ``problems`` at once."""
+    rows = [Rows.split(p) for p in problems]
+    training = [dataclasses.replace(p, fit_rows=r.train) for p, r in zip(problems, rows)]
+    sampled, counts, dropped = _seeds(training, loaded, settings, clock)
+    with clock.stage("search"):
+        result = evolve(
+            [(p.user_units(r.search), p.y[r.search], p.weight[r.search])
+             for p, r in zip(problems, rows)],
+            seeds=sampled, settings=_search_settings(settings, clock, loaded.max_features),
+            proposer=(ModelProposer(loaded, problems, rows, settings, clock)
+                      if settings.model_proposals and settings.seeds == "model"
+                      and not loaded.untrained else None),
+            seed_origin=MODEL_SAMPLE)
+    if result.stopped in ("max_time", "interrupted"):
+        clock.stopped_early = True
+    with clock.stage("select"):
+        outcomes = []
+        for i, p in enumerate(problems):
+            counts[i].update(generations=result.generations, evaluations=result.evaluations,
+                             stopped=result.stopped)
+            finalists = [(c.expr, c.origin) for c in result.fronts[i]]
+            finalists += [(e, SOURCE_SAMPLE) for e in sampled[i][:SAMPLED_FINALISTS]]
+            outcomes.append(choose(p, rows[i], finalists, counts[i], dropped[i]))
+    return outcomes
+
+
+def _seeds(training, loaded, settings, clock):
+    """The model's refined samples per problem, best first (none with seeds="random")."""
+    counts = [pipeline.new_counts() for _ in training]
+    dropped = [Counter() for _ in training]
+    if settings.seeds != "model":
+        return [[] for _ in training], counts, dropped
+    with clock.until(None if settings.max_time is None
+                     else SEEDING_SHARE * settings.max_time):
+        pool, counts, dropped = pipeline.sample(training, loaded, settings, clock)
+    sampled = []
+    for i in range(len(training)):
+        mine = np.flatnonzero(pool.problem == i)
+        mine = mine[np.argsort(-np.nan_to_num(pool.r2[mine], nan=-np.inf), kind="stable")]
+        sampled.append([pool.exprs[j] for j in mine])
+    return sampled, counts, dropped
+
+
+def _search_settings(settings: pipeline.Settings, clock: pipeline.Clock,
+                     width: int) -> SearchSettings:
+    generations = settings.generations
+    remaining = None if clock.deadline is None else max(0.0, clock.remaining())
+    if generations is None and remaining is None:
+        generations = DEFAULT_GENERATIONS
+    return SearchSettings(population_size=settings.population_size, generations=generations,
+                          max_time=remaining, seed=settings.seed, verbose=settings.verbose,
+                          width=width)
+
+
+# ---------------------------------------------------------------------------- choosing
+
+
+def choose(p: Problem, rows: Rows, finalists, counts, dropped) -> pipeline.Outcome:
+    """The finalists measured on the training and validation rows, in the original
+    columns, simplest first; ``selected`` is the simplest within tolerance of the best
+    validation error (the training error where there are no validation rows)."""
+    judged = rows.validation if len(rows.validation) else rows.train
+    exprs, sources, train, valid = [], [], [], []
+    seen = set()
+    for expr, source in finalists:
+        key = expr.skeleton()
+        if key in seen:
+            continue
+        seen.add(key)
+        train.append(_metrics(expr, p, rows.train))
+        valid.append(_metrics(expr, p, judged))
+        exprs.append(expr)
+        sources.append(source)
+    if not exprs:  # nothing finite at all: the mean
+        return pipeline.select(pipeline.Pool([], np.zeros(0, int)), [p], [counts],
+                               [dropped])[0]
+    complexity = np.array([e.complexity() for e in exprs])
+    order = np.lexsort(([t[0] for t in train], complexity))
+    mse, r2 = (np.array([train[k][j] for k in order]) for j in (0, 1))
+    val_r2 = np.array([valid[k][1] for k in order])
+    selected = _simplest_within_tolerance(1.0 - val_r2)
+    return pipeline.Outcome(
+        exprs=[pipeline.to_columns(exprs[k], p) for k in order], r2=r2, mse=mse,
+        complexity=complexity[order], refined=np.ones(len(order), bool),
+        source=[sources[k] for k in order], fallback=None, counts=counts,
+        dropped=dict(dropped), selected=int(selected), r2_validation=val_r2)
+
+
+def _metrics(expr: Expr, p: Problem, rows) -> tuple[float, float]:
+    with np.errstate(all="ignore"):
+        prediction = expr.evaluate(p.user_units(rows))
+    return pipeline.weighted_metrics(prediction, p.y[rows], p.weight[rows])
+
+
+def _simplest_within_tolerance(nmse: np.ndarray) -> int:
+    """Index of the first (simplest) entry within tolerance of the lowest finite error."""
+    finite = np.isfinite(nmse)
+    if not finite.any():
+        return 0
+    bound = np.min(nmse[finite]) * (1 + RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE
+    return int(np.flatnonzero(finite & (nmse <= bound))[0])

@@ -1,0 +1,620 @@
+"""``evolve``: a batched evolutionary search seeded, and fed during the run, by the model.
+
+One generation, for all problems at once:
+
+1. parents and mates drawn by tournament within each problem's block of the population;
+2. one variation operator per child (``variation``), all children of an operator made in a
+   few numpy calls on the array form; one constant fold per child;
+3. every child scored in one evaluator call with closed-form linear scaling (``fitness``);
+4. parents and children merged, duplicate skeletons dropped, ``population_size`` survivors
+   per problem chosen (``selection``); the Pareto front of every problem kept in an archive
+   that never loses a member;
+5. every ``refine_every`` generations the best ``refine_top`` formulas of each problem not
+   yet refined go through the batched L-BFGS (``jaxsr.refine``), constants written back;
+6. every ``proposal_every`` generations (with a ``proposer``) the model is asked for fresh
+   formulas for y, and for the residual ``y - f`` and ratio ``y / f`` of the best formulas
+   f; ``f + g`` and ``f * g`` are refined and join the population.
+
+The search never builds trees inside the loop except for the few formulas that go through
+L-BFGS or to the proposer, and never calls sympy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from jaxsr.data import trees
+from jaxsr.data.config import GeneratorConfig
+from jaxsr.expr import operators
+from jaxsr.expr.programs import KIND_CONST, ProgramSize
+from jaxsr.expr.tree import Expr
+from jaxsr.refine import refine_constants
+from jaxsr.search import fitness, selection, variation
+from jaxsr.search.population import Genomes
+
+# Where a formula came from; a child of any variation is "evolved".
+ORIGINS = ("model sample", "model proposal", "evolved", "random tree", "baseline")
+MODEL_SAMPLE, MODEL_PROPOSAL, EVOLVED, RANDOM_TREE, BASELINE = range(len(ORIGINS))
+DEFAULT_OPERATORS = ("add", "sub", "mul", "div", "sqrt", "exp", "log", "sin", "cos", "pow2",
+                     "inv")
+# Random trees made once per problem: subtree-mutation donors are drawn from this pool.
+POOL_SIZE = 512
+
+# A proposer turns targets into formulas: ``proposer([(q, target), ...], seed)`` returns one
+# list of trees per request, each in problem q's variables (the columns of its X), fitted
+# to ``target`` (values on problem q's rows, shape (n_q,)).
+Proposer = Callable[[list[tuple[int, np.ndarray]], int], list[list[Expr]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """How ``evolve`` searches; every field is validated by ``check``.
+
+    Attributes:
+      population_size: formulas per problem.
+      max_length: most nodes of a formula (before the scaling a + b f).
+      generations, max_evaluations, max_time: stop at whichever comes first (None: no
+        limit; at least one must be set). ``max_time`` counts from the call.
+      target_r2: stop a problem's search when a formula reaches this training R2.
+      operators: names of the operators variation may use.
+      rates: relative frequency of each variation operator.
+      tournament_size: rows per tournament.
+      selection: "nsga2" or "elitist" (see ``selection.survivors``).
+      refine_top, refine_every, refine_iterations: L-BFGS on the best ``refine_top``
+        unrefined formulas of each problem every ``refine_every`` generations.
+      proposal_every: generations between rounds of model proposals (0: none).
+      proposal_members: front members per problem whose residual and ratio are proposed on.
+      dtype: precision of scoring ("float32" or "float64"); refinement, the archive's
+        errors after refinement and the final front are float64 whatever this is.
+      width: columns the data are padded to (a caller fitting data of many widths passes
+        its maximum, so that one compiled evaluator serves them all).
+      seed: random seed (with the same seed and generation count, the same result).
+      verbose: 0 silent, 1 a tqdm progress bar.
+    """
+
+    population_size: int = 1024
+    max_length: int = 32
+    generations: int | None = None
+    max_evaluations: int | None = None
+    max_time: float | None = None
+    target_r2: float = 1.0 - 1e-12
+    operators: tuple[str, ...] = DEFAULT_OPERATORS
+    rates: variation.Rates = variation.Rates()
+    tournament_size: int = 4
+    selection: str = "nsga2"
+    refine_top: int = 8
+    refine_every: int = 1
+    refine_iterations: int = 20
+    proposal_every: int = 10
+    proposal_members: int = 2
+    dtype: str = "float32"
+    width: int | None = None
+    seed: int = 0
+    verbose: int = 0
+
+    def check(self) -> None:
+        for name in ("population_size", "max_length", "tournament_size", "refine_every"):
+            _positive_int(name, getattr(self, name))
+        for name in ("refine_top", "refine_iterations", "proposal_every", "proposal_members"):
+            _positive_int(name, getattr(self, name), allow_zero=True)
+        for name in ("generations", "max_evaluations"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name), allow_zero=True)
+        if self.max_time is not None and not (np.isfinite(self.max_time) and self.max_time >= 0):
+            raise ValueError(f"max_time must be a non-negative number, got {self.max_time!r}")
+        if self.generations is None and self.max_evaluations is None and self.max_time is None:
+            raise ValueError("set generations, max_evaluations or max_time: the search needs "
+                             "a limit")
+        if self.selection not in selection.SELECTIONS:
+            raise ValueError(f"selection must be one of {selection.SELECTIONS}, "
+                             f"got {self.selection!r}")
+        variation.Alphabet.of(self.operators)
+        self.rates.probabilities()
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+
+
+def _positive_int(name, value, allow_zero=False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A member of a final front: the formula with its scaling written in (``a + b f``
+    folded), its training error, complexity and origin."""
+
+    expr: Expr
+    nmse: float
+    complexity: int
+    origin: str
+
+    @property
+    def r2(self) -> float:
+        return 1.0 - self.nmse
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """Per problem, the Pareto front (simplest first); and how the search went."""
+
+    fronts: list[list[Candidate]]
+    generations: int
+    evaluations: int
+    seconds: float
+    stopped: str                 # "generations", "max_evaluations", "max_time", "target_r2",
+                                 # or "interrupted"
+    history: list[dict]          # one entry per generation
+    host_seconds: float = 0.0    # time outside the batched evaluator and L-BFGS calls
+
+
+# ---------------------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class _Population:
+    """Rows of all problems, each problem's rows contiguous."""
+
+    genomes: Genomes
+    scores: fitness.Scores
+    problem: np.ndarray
+    origin: np.ndarray
+    refined: np.ndarray
+
+    def take(self, rows) -> _Population:
+        return _Population(self.genomes.take(rows), self.scores.take(rows), self.problem[rows],
+                           self.origin[rows], self.refined[rows])
+
+    @staticmethod
+    def concatenate(parts: Sequence[_Population]) -> _Population:
+        cat = lambda f: np.concatenate([getattr(p, f) for p in parts])
+        return _Population(Genomes.concatenate([p.genomes for p in parts]),
+                           fitness.Scores.concatenate([p.scores for p in parts]),
+                           cat("problem"), cat("origin"), cat("refined"))
+
+    def blocks(self, n_problems: int):
+        start = np.searchsorted(self.problem, np.arange(n_problems))
+        size = np.diff(np.append(start, len(self.problem)))
+        return start, size
+
+
+class _Clock:
+    """Wall time, evaluations and the time spent in compiled calls (the rest is host)."""
+
+    def __init__(self, settings: SearchSettings):
+        self.start = time.perf_counter()
+        self.settings = settings
+        self.evaluations = 0
+        self.device = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def out_of_time(self) -> bool:
+        return self.settings.max_time is not None and self.elapsed() >= self.settings.max_time
+
+    def stop_reason(self, generation: int, solved: bool) -> str | None:
+        s = self.settings
+        if solved:
+            return "target_r2"
+        if s.generations is not None and generation >= s.generations:
+            return "generations"
+        if s.max_evaluations is not None and self.evaluations >= s.max_evaluations:
+            return "max_evaluations"
+        if self.out_of_time():
+            return "max_time"
+        return None
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def evolve(problems: Sequence[tuple], seeds: Sequence[Sequence[Expr]] | None = None,
+           settings: SearchSettings | None = None, proposer: Proposer | None = None,
+           seed_origin: int = MODEL_SAMPLE) -> SearchResult:
+    """Evolves formulas for every problem at once.
+
+    Args:
+      problems: (X (n, d), y (n,)) or (X, y, sample_weight) per problem, in the units the
+        formulas should use; variables are the columns of X.
+      seeds: per problem, formulas to start from (for instance the model's samples); the
+        rest of the population is random trees, plus a constant and a linear fit that
+        always compete.
+      settings: ``SearchSettings``.
+      proposer: asks the model for formulas during the search (see ``Proposer``).
+      seed_origin: the origin recorded for ``seeds`` (an index into ``ORIGINS``).
+
+    Returns:
+      A ``SearchResult``; stopped by Ctrl-C, it holds the fronts found so far.
+    """
+    settings = settings or SearchSettings(generations=50)
+    settings.check()
+    problems = [tuple(p) + (None,) * (3 - len(p)) for p in problems]
+    data = fitness.Data.stack(problems, settings.width)
+    n_variables = np.array([np.shape(p[0])[1] for p in problems])
+    seeds = seeds if seeds is not None else [[] for _ in problems]
+    if len(seeds) != len(problems):
+        raise ValueError(f"got seeds for {len(seeds)} problems, expected {len(problems)}")
+    rng = np.random.default_rng(settings.seed)
+    clock = _Clock(settings)
+    search = _Search(settings, data, n_variables, rng, clock, proposer)
+    population = search.initial(seeds, seed_origin, problems)
+    archive = search.update_archive(None, population)
+    history, generation, stopped = [], 0, None
+    bar = _progress(settings)
+    try:
+        while True:
+            solved = bool(np.all(search.best_r2(archive) >= settings.target_r2))
+            stopped = clock.stop_reason(generation, solved)
+            if stopped:
+                break
+            population = search.generation(population, generation)
+            archive = search.update_archive(archive, population)
+            generation += 1
+            history.append(search.record(generation, archive))
+            _show(bar, history[-1])
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    finally:
+        if bar is not None:
+            bar.close()
+    fronts = search.fronts(archive)
+    seconds = clock.elapsed()
+    return SearchResult(fronts, generation, clock.evaluations, seconds, stopped, history,
+                        host_seconds=seconds - clock.device)
+
+
+def _progress(settings: SearchSettings):
+    if not settings.verbose:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=settings.generations, desc="jaxsr evolve", unit="gen", leave=False)
+
+
+def _show(bar, entry: dict) -> None:
+    if bar is None:
+        return
+    bar.update(1)
+    bar.set_postfix(evals_s=f"{entry['evaluations_per_second']:.3g}",
+                    best_r2=f"{entry['best_r2']:.6f}", front=entry["front_size"])
+
+
+class _Search:
+    """The steps of ``evolve``; holds what every generation shares."""
+
+    def __init__(self, settings, data, n_variables, rng, clock, proposer):
+        self.settings, self.data, self.rng, self.clock = settings, data, rng, clock
+        self.n_variables = n_variables
+        self.alphabet = variation.Alphabet.of(settings.operators)
+        self.proposer = proposer
+        pools = [self._random_genomes(POOL_SIZE, d, small=True) for d in n_variables]
+        self.pool = Genomes.concatenate(pools)
+        self.pool_start = np.cumsum([0] + [p.size for p in pools])[:-1]
+        self.pool_size = np.array([p.size for p in pools])
+        self.rates = self._rates()
+        # a + b f adds 4 nodes and 2 constants to the longest f; proposals f + g, f * g
+        # are at most max_length long too (longer ones are dropped before refinement).
+        bound = 1 << (settings.max_length + 4 - 1).bit_length()
+        self.refine_size = ProgramSize(ops=bound, constants=bound, depth=bound)
+
+    def _rates(self) -> np.ndarray:
+        p = self.settings.rates.probabilities()
+        if not len(self.alphabet.unary):  # nothing to insert or remove
+            p[[variation.OPERATORS.index("insert_unary"),
+               variation.OPERATORS.index("remove_unary")]] = 0
+        return p / p.sum()
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, genomes: Genomes, problem: np.ndarray) -> fitness.Scores:
+        """Scores rows in batches of a fixed set of sizes (each compiles once)."""
+        n = genomes.size
+        size = max(64, 1 << (n - 1).bit_length())
+        pad = np.minimum(np.arange(size), n - 1)  # repeats of the last row
+        started = time.perf_counter()
+        scores = fitness.score(genomes.take(pad), problem[pad], self.data, self.settings.dtype)
+        self.clock.device += time.perf_counter() - started
+        self.clock.evaluations += n
+        return scores.take(np.arange(n))
+
+    def _population(self, genomes, problem, origin) -> _Population:
+        return _Population(genomes, self.score(genomes, problem), problem, origin,
+                           np.zeros(genomes.size, bool))
+
+    # ------------------------------------------------------------------ start
+
+    def initial(self, seeds, seed_origin, problems) -> _Population:
+        parts = []
+        M, L = self.settings.population_size, self.settings.max_length
+        for q, d in enumerate(self.n_variables):
+            baselines = _baselines(problems[q][0], d)
+            own, _ = Genomes.from_exprs(list(seeds[q]), L)
+            base, _ = Genomes.from_exprs(baselines, L)
+            n_random = max(M - own.size - base.size, M // 4)
+            rand = self._random_genomes(n_random, d, small=False)
+            genomes = Genomes.concatenate([own, base, rand])
+            origin = np.r_[np.full(own.size, seed_origin), np.full(base.size, BASELINE),
+                           np.full(rand.size, RANDOM_TREE)].astype(np.int8)
+            parts.append((genomes, np.full(genomes.size, q), origin))
+        genomes = Genomes.concatenate([p[0] for p in parts])
+        population = self._population(genomes, np.concatenate([p[1] for p in parts]),
+                                      np.concatenate([p[2] for p in parts]))
+        population = self.survive(population)
+        return self.refine(population)
+
+    def _random_genomes(self, n: int, dimension: int, small: bool) -> Genomes:
+        exprs = random_trees(self.rng, n, int(dimension), self.alphabet,
+                             max_binary=2 if small else int(dimension) + 2)
+        genomes, _ = Genomes.from_exprs(exprs, self.settings.max_length)
+        return genomes
+
+    # ------------------------------------------------------------------ one generation
+
+    def generation(self, population: _Population, generation: int) -> _Population:
+        children = self.offspring(population)
+        population = self.survive(_Population.concatenate([population, children]))
+        s = self.settings
+        if s.refine_top and generation % s.refine_every == 0:
+            population = self.refine(population)
+        if self.proposer is not None and s.proposal_every and \
+                (generation + 1) % s.proposal_every == 0:
+            population = self.survive(self.propose(population))
+        return population
+
+    def offspring(self, population: _Population) -> _Population:
+        s, Q = self.settings, self.data.n_problems
+        start, size = population.blocks(Q)
+        pick = lambda: selection.tournament(self.rng, population.scores.nmse,
+                                            population.genomes.length, start, size,
+                                            s.population_size, s.tournament_size)
+        parents, mates = pick(), pick()
+        problem = population.problem[parents]
+        child, ok = self.vary(population.genomes.take(parents),
+                              population.genomes.take(mates), problem)
+        child = variation.fold_constants(child)
+        return self._population(child, problem, np.full(child.size, EVOLVED, np.int8))
+
+    def vary(self, parents: Genomes, mates: Genomes, problem: np.ndarray):
+        """One operator per row, applied to the rows that drew it."""
+        op = self.rng.choice(len(variation.OPERATORS), size=parents.size, p=self.rates)
+        child = dataclasses.replace(parents, kind=parents.kind.copy(), arg=parents.arg.copy(),
+                                    value=parents.value.copy(), length=parents.length.copy())
+        ok = np.zeros(parents.size, bool)
+        for k, name in enumerate(variation.OPERATORS):
+            rows = np.flatnonzero(op == k)
+            if not len(rows):
+                continue
+            made, fits = self._apply(name, parents.take(rows), mates.take(rows), problem[rows])
+            for field in ("kind", "arg", "value", "length"):
+                getattr(child, field)[rows[fits]] = getattr(made, field)[fits]
+            ok[rows] = fits
+        return child, ok
+
+    def _apply(self, name, parents, mates, problem):
+        rng = self.rng
+        if name == "crossover":
+            return variation.crossover(rng, parents, mates)
+        if name == "subtree":
+            draw = (rng.random(len(problem)) * self.pool_size[problem]).astype(int)
+            fresh = self.pool.take(self.pool_start[problem] + draw)
+            return variation.subtree_mutation(rng, parents, fresh)
+        if name == "point":
+            return variation.point_mutation(rng, parents, self.alphabet,
+                                            self.n_variables[problem])
+        if name == "constants":
+            return variation.jitter_constants(rng, parents)
+        if name == "insert_unary":
+            return variation.insert_unary(rng, parents, self.alphabet)
+        if name == "remove_unary":
+            return variation.remove_unary(rng, parents)
+        return variation.hoist(rng, parents)
+
+    def survive(self, population: _Population) -> _Population:
+        keep = selection.unique_best(population.genomes.skeleton_keys(), population.problem,
+                                     population.scores.nmse)
+        population = population.take(keep)
+        keep = selection.survivors(population.scores.nmse, population.genomes.length,
+                                   population.problem, self.settings.population_size,
+                                   self.settings.selection)
+        # Rows stay grouped by problem: tournaments draw from each problem's block.
+        return population.take(keep[np.argsort(population.problem[keep], kind="stable")])
+
+    # ------------------------------------------------------------------ refinement
+
+    def refine(self, population: _Population) -> _Population:
+        """L-BFGS on each problem's best ``refine_top`` unrefined rows (constants of f, and
+        the scaling a, b), written back."""
+        k = self.settings.refine_top
+        if not k or self.settings.refine_iterations == 0:
+            return population
+        rows = _best_unrefined(population, k)
+        population.refined[rows] = True  # formulas without constants: scaling is optimal
+        rows = rows[(population.genomes.kind[rows] == KIND_CONST).any(axis=1)]
+        if not len(rows):
+            return population
+        genomes, scores = population.genomes.take(rows), population.scores.take(rows)
+        exprs = [affine(genomes.to_expr(i), scores.intercept[i], scores.slope[i])
+                 for i in range(genomes.size)]
+        result = self._lbfgs(exprs, population.problem[rows])
+        nmse = result.loss / self.data.variance[population.problem[rows]]
+        better = np.isfinite(nmse) & (nmse < scores.nmse)
+        for i in np.flatnonzero(better):
+            c = result.constants[i]
+            genomes.value[i, genomes.kind[i] == KIND_CONST] = c[2:]  # after a and b
+            population.scores.intercept[rows[i]], population.scores.slope[rows[i]] = c[0], c[1]
+            population.scores.nmse[rows[i]] = nmse[i]
+        population.genomes.value[rows] = genomes.value
+        return population
+
+    def _lbfgs(self, exprs, problem):
+        started = time.perf_counter()
+        result = refine_constants(exprs, self.data.X, self.data.y, sample_weight=self.data.weight,
+                                  dataset_index=problem,
+                                  max_iter=self.settings.refine_iterations, dtype="float64",
+                                  min_size=self.refine_size)
+        self.clock.device += time.perf_counter() - started
+        return result
+
+    # ------------------------------------------------------------------ model proposals
+
+    def propose(self, population: _Population) -> _Population:
+        """Asks the proposer for g on y, on y - f and on y / f of each problem's best f;
+        adds the g, f + g and f * g that fit, refined."""
+        s = self.settings
+        start, size = population.blocks(self.data.n_problems)
+        requests, bases = [], []
+        for q in range(self.data.n_problems):
+            n = int(np.sum(self.data.weight[q] > 0))
+            y = self.data.y[q, :n]
+            requests.append((q, y))
+            bases.append(None)
+            block = start[q] + np.argsort(population.scores.nmse[start[q]: start[q] + size[q]],
+                                          kind="stable")[: s.proposal_members]
+            for row in block:
+                f = scaled(population.genomes.to_expr(row), population.scores.intercept[row],
+                           population.scores.slope[row])
+                with np.errstate(all="ignore"):
+                    values = f.evaluate(self.data.X[q, :n, : self.n_variables[q]])
+                if not np.all(np.isfinite(values)):
+                    continue
+                requests.append((q, y - values))
+                bases.append(("add", f))
+                if np.all(np.abs(values) > 1e-12 * np.abs(values).max()):
+                    requests.append((q, y / values))
+                    bases.append(("mul", f))
+        proposals = self.proposer(requests, int(self.rng.integers(1 << 31)))
+        exprs, owner = [], []
+        for (q, _), base, found in zip(requests, bases, proposals):
+            for g in found:
+                exprs.append(g if base is None else Expr.op(base[0], base[1], g))
+                owner.append(q)
+        if not exprs:
+            return population
+        genomes, kept = Genomes.from_exprs(exprs, self.settings.max_length)
+        if not genomes.size:
+            return population
+        problem = np.asarray(owner)[kept]
+        fresh = self._population(genomes, problem, np.full(genomes.size, MODEL_PROPOSAL, np.int8))
+        order = np.argsort(problem, kind="stable")
+        fresh = self.refine_all(fresh.take(order))
+        merged = _Population.concatenate([population, fresh])
+        return merged.take(np.argsort(merged.problem, kind="stable"))
+
+    def refine_all(self, population: _Population) -> _Population:
+        """Refines every row (for a small batch of proposals)."""
+        settings = self.settings
+        try:
+            self.settings = dataclasses.replace(settings, refine_top=population.genomes.size)
+            return self.refine(population)
+        finally:
+            self.settings = settings
+
+    # ------------------------------------------------------------------ archive and output
+
+    def update_archive(self, archive: _Population | None, population: _Population):
+        merged = population if archive is None else _Population.concatenate([archive, population])
+        keep = selection.unique_best(merged.genomes.skeleton_keys(), merged.problem,
+                                     merged.scores.nmse)
+        merged = merged.take(keep)
+        ranks = selection.pareto_ranks(merged.scores.nmse, merged.genomes.length, merged.problem,
+                                       enough=1)
+        front = merged.take(np.flatnonzero((ranks == 0) & np.isfinite(merged.scores.nmse)))
+        return front.take(np.argsort(front.problem, kind="stable"))
+
+    def best_r2(self, archive: _Population) -> np.ndarray:
+        best = np.full(self.data.n_problems, np.inf)
+        np.minimum.at(best, archive.problem, archive.scores.nmse)
+        return 1.0 - best
+
+    def record(self, generation: int, archive: _Population) -> dict:
+        elapsed = self.clock.elapsed()
+        return {"generation": generation, "seconds": elapsed,
+                "evaluations": self.clock.evaluations,
+                "evaluations_per_second": self.clock.evaluations / max(elapsed, 1e-9),
+                "best_r2": float(np.min(self.best_r2(archive))),
+                "front_size": int(len(archive.problem))}
+
+    def fronts(self, archive: _Population) -> list[list[Candidate]]:
+        out = [[] for _ in range(self.data.n_problems)]
+        order = np.lexsort((archive.genomes.length, archive.problem))
+        for row in order:
+            expr = scaled(archive.genomes.to_expr(row), archive.scores.intercept[row],
+                          archive.scores.slope[row])
+            out[archive.problem[row]].append(Candidate(
+                expr, float(archive.scores.nmse[row]), expr.complexity(),
+                ORIGINS[archive.origin[row]]))
+        return out
+
+
+def _best_unrefined(population: _Population, k: int) -> np.ndarray:
+    """Each problem's ``k`` lowest-error rows not yet refined (finite errors only)."""
+    candidates = np.flatnonzero(~population.refined & np.isfinite(population.scores.nmse))
+    order = candidates[np.lexsort((population.scores.nmse[candidates],
+                                   population.problem[candidates]))]
+    p = population.problem[order]
+    place = np.arange(len(order)) - np.searchsorted(p, p, side="left")
+    return np.sort(order[place < k])
+
+
+# ---------------------------------------------------------------------------- formulas
+
+
+def affine(f: Expr, intercept: float, slope: float) -> Expr:
+    """``a + b f`` as a tree whose first two constants (prefix order) are a and b."""
+    return Expr.op("add", Expr.const(intercept), Expr.op("mul", Expr.const(slope), f))
+
+
+def scaled(f: Expr, intercept: float, slope: float) -> Expr:
+    """``a + b f`` as a tree, with the scaling folded where f allows it (a constant f, a
+    product or sum with a leading constant), so that formulas do not grow needlessly."""
+    if not f.variables():
+        with np.errstate(all="ignore"):
+            value = float(np.asarray(f.evaluate(np.zeros((1, 1)))).reshape(-1)[0])
+        return Expr.const(intercept + slope * value if np.isfinite(value) else intercept)
+    body = f
+    if f.token == "mul" and f.children[0].is_constant:
+        body = Expr.op("mul", Expr.const(slope * f.children[0].value), f.children[1])
+    elif slope != 1.0:
+        body = Expr.op("mul", Expr.const(slope), f)
+    return Expr.op("add", Expr.const(intercept), body)
+
+
+def _baselines(X: np.ndarray, dimension: int) -> list[Expr]:
+    """A constant and the linear model in every variable (scaling supplies a and b)."""
+    X = np.asarray(X)
+    linear = Expr.var(0)
+    for k in range(1, dimension):
+        linear = Expr.op("add", linear, Expr.op("mul", Expr.const(1.0), Expr.var(k)))
+    return [Expr.const(1.0), linear, *(Expr.var(k) for k in range(dimension))]
+
+
+def random_trees(rng: np.random.Generator, n: int, dimension: int,
+                 alphabet: variation.Alphabet, max_binary: int) -> list[Expr]:
+    """``n`` random formulas from the training generator's tree sampler (uniform binary
+    skeletons, variables at the leaves, unaries inserted above small subtrees, constants by
+    its placement rules), restricted to the search's operators."""
+    config = GeneratorConfig()
+    binary = trees.OperatorSampler(tuple((operators.FUNCTIONS[c].name, 1.0)
+                                         for c in alphabet.binary))
+    unary = (trees.OperatorSampler(tuple((operators.FUNCTIONS[c].name, 1.0)
+                                         for c in alphabet.unary))
+             if len(alphabet.unary) else None)
+    constants = trees.ConstantSampler(rng, config)
+    out = []
+    for _ in range(n):
+        n_binary = int(rng.integers(0, max_binary + 1))
+        root, leaves = trees.random_skeleton(rng, n_binary, binary)
+        trees.assign_leaves(rng, leaves, dimension, config)
+        if unary is not None:
+            trees.insert_unaries(rng, root, int(rng.integers(0, 3)), unary,
+                                 config.max_unary_depth)
+        if rng.random() < 0.5:
+            root = trees.place_constants(root, constants, config)
+        out.append(trees.to_expr(root))
+    return out

@@ -1,0 +1,219 @@
+"""The array form of a population: formulas as rows of fixed-length prefix arrays.
+
+A population of P formulas is three ``(P, L)`` arrays in prefix order (the order of the
+model's tokens) plus a length per row:
+
+* ``kind``: ``programs.KIND_*`` of each node, ``PAD`` past the row's length;
+* ``arg``: a variable's index or an operator's opcode (``operators.FUNCTIONS`` order);
+* ``value``: a float constant's value, or a fixed leaf's (integers, ``pi``).
+
+In prefix order a subtree is a contiguous slice, so every variation (crossover, subtree
+mutation, hoist, inserting or removing a unary) is "replace slice [i, e) of a row by a slice
+of another row": one vectorised gather for the whole population (``variation.splice``), with
+no tree objects on the host. ``Structure`` gives every node's subtree end and height in
+``L`` vectorised steps, and ``to_nodes`` hands the rows to the batched interpreter
+(``programs.assemble``) directly.
+
+``Expr`` trees appear only at the edges: seeds come in as trees, and the few formulas that
+go through L-BFGS or into the final front go out as trees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxsr.expr import operators
+from jaxsr.expr.programs import (
+    KIND_CONST,
+    KIND_FIXED,
+    KIND_OP,
+    KIND_VAR,
+    Nodes,
+    ProgramSize,
+)
+from jaxsr.expr.tree import Expr
+
+PAD = -1
+# Arity of every opcode (index: operators.FUNCTIONS order).
+OP_ARITY = np.array([op.arity for op in operators.FUNCTIONS], np.int8)
+_FIXED_BY_VALUE = {op.value: op.name for op in operators.OPERATORS if op.arity == 0}
+
+
+@dataclasses.dataclass
+class Genomes:
+    """Formulas in array form (see the module docstring); row i is formula i."""
+
+    kind: np.ndarray    # (P, L) int8
+    arg: np.ndarray     # (P, L) int32
+    value: np.ndarray   # (P, L) float64
+    length: np.ndarray  # (P,) int32
+
+    @property
+    def size(self) -> int:
+        return len(self.length)
+
+    @property
+    def max_length(self) -> int:
+        return self.kind.shape[1]
+
+    def take(self, rows) -> Genomes:
+        rows = np.asarray(rows)
+        return Genomes(self.kind[rows], self.arg[rows], self.value[rows], self.length[rows])
+
+    @staticmethod
+    def concatenate(parts: Sequence[Genomes]) -> Genomes:
+        return Genomes(*(np.concatenate([getattr(p, f) for p in parts])
+                         for f in ("kind", "arg", "value", "length")))
+
+    @staticmethod
+    def empty(n: int, max_length: int) -> Genomes:
+        return Genomes(np.full((n, max_length), PAD, np.int8),
+                       np.zeros((n, max_length), np.int32), np.zeros((n, max_length)),
+                       np.zeros(n, np.int32))
+
+    # ------------------------------------------------------------------ trees in and out
+
+    @staticmethod
+    def from_exprs(exprs: Sequence[Expr], max_length: int) -> tuple[Genomes, np.ndarray]:
+        """Rows for the trees that fit ``max_length`` nodes; returns them and the indices
+        of the trees used."""
+        kept = [i for i, e in enumerate(exprs) if e.complexity() <= max_length]
+        out = Genomes.empty(len(kept), max_length)
+        for row, i in enumerate(kept):
+            for t, node in enumerate(exprs[i].preorder()):
+                out.kind[row, t], out.arg[row, t], out.value[row, t] = _encode_node(node)
+            out.length[row] = t + 1
+        return out, np.asarray(kept, int)
+
+    def to_expr(self, row: int) -> Expr:
+        """Row ``row`` as a tree."""
+        kind, arg, value = self.kind[row], self.arg[row], self.value[row]
+        position = 0
+
+        def build() -> Expr:
+            nonlocal position
+            t = position
+            position += 1
+            if kind[t] == KIND_VAR:
+                return Expr.var(int(arg[t]))
+            if kind[t] == KIND_CONST:
+                return Expr.const(float(value[t]))
+            if kind[t] == KIND_FIXED:
+                return Expr(_FIXED_BY_VALUE[float(value[t])])
+            op = operators.FUNCTIONS[arg[t]]
+            return Expr(op.name, tuple(build() for _ in range(op.arity)))
+
+        return build()
+
+    # ------------------------------------------------------------------ keys
+
+    def skeleton_keys(self) -> np.ndarray:
+        """(P,) an integer hash of each row's skeleton (structure with constants blanked):
+        equal skeletons give equal keys, so duplicates can be dropped with ``np.unique``."""
+        code = self.kind.astype(np.int64) * 1024 + np.where(self.kind == KIND_FIXED,
+                                                             _fixed_code(self.value), self.arg)
+        code = np.where(self.kind == PAD, 0, code + 1)
+        weights = _hash_weights(self.max_length)
+        return (code * weights).sum(axis=1) ^ self.length.astype(np.int64)
+
+
+def _fixed_code(value: np.ndarray) -> np.ndarray:
+    """A small integer per fixed leaf value (integers map to themselves, named constants
+    to codes above them)."""
+    return np.where(value == np.round(value), value + 16, 64 + np.round(value * 8)).astype(
+        np.int64)
+
+
+def _hash_weights(n: int) -> np.ndarray:
+    return np.random.default_rng(0x5EED).integers(1, 1 << 40, size=n, dtype=np.int64) | 1
+
+
+def _encode_node(node: Expr) -> tuple[int, int, float]:
+    if node.is_constant:
+        return KIND_CONST, 0, node.value
+    if node.variable is not None:
+        return KIND_VAR, node.variable, 0.0
+    op = node.operator
+    if op.arity == 0:
+        return KIND_FIXED, 0, op.value
+    return KIND_OP, operators.OPCODE[node.token], 0.0
+
+
+def arity(genomes: Genomes) -> np.ndarray:
+    """(P, L) operands of every node (0 for leaves and padding)."""
+    return np.where(genomes.kind == KIND_OP, OP_ARITY[genomes.arg], 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """Where every node's subtree ends and how tall it is, for all rows at once.
+
+    ``end[p, t]`` is one past the last node of the subtree rooted at t (so that subtree is
+    the slice ``[t, end)``), and ``height[p, t]`` the longest path down to a leaf. Both come
+    from one right-to-left sweep of L vectorised steps: a node's first operand starts right
+    after it and its second operand right after the first one ends.
+    """
+
+    end: np.ndarray
+    height: np.ndarray
+    arity: np.ndarray
+
+    @staticmethod
+    def of(genomes: Genomes) -> Structure:
+        P, L = genomes.kind.shape
+        ar = arity(genomes)
+        end = np.zeros((P, L + 1), np.int32)
+        end[:, L] = L
+        height = np.zeros((P, L + 1), np.int32)
+        rows = np.arange(P)
+        for t in range(L - 1, -1, -1):
+            first_end = end[:, t + 1]
+            second = np.minimum(first_end, L)
+            end[:, t] = np.where(ar[:, t] == 0, t + 1,
+                                 np.where(ar[:, t] == 1, first_end, end[rows, second]))
+            tallest = np.where(ar[:, t] == 2,
+                               np.maximum(height[:, t + 1], height[rows, second]),
+                               height[:, t + 1])
+            height[:, t] = np.where(ar[:, t] == 0, 0, 1 + tallest)
+        return Structure(end[:, :L], height[:, :L], ar)
+
+
+def program_size(genomes: Genomes) -> ProgramSize:
+    """Capacities holding the rows: constants and depth at the maximum length (fixed for a
+    search), operator nodes per row on average rounded up to a power of two. A search thus
+    compiles its evaluator for two or three sizes at most, while the value buffer follows
+    the population's actual size."""
+    valid = np.arange(genomes.max_length) < genomes.length[:, None]
+    n_ops = ((genomes.kind == KIND_OP) & valid).sum(axis=1)
+    up = lambda n: max(4, 1 << (int(n) - 1).bit_length())
+    return ProgramSize(ops=up(np.ceil(n_ops.mean())), constants=up(genomes.max_length),
+                       depth=up(genomes.max_length))
+
+
+def to_nodes(genomes: Genomes, structure: Structure) -> Nodes:
+    """The rows as the interpreter's flat node arrays (``programs.Nodes``)."""
+    P, L = genomes.kind.shape
+    valid = np.arange(L) < genomes.length[:, None]
+    offset = np.cumsum(genomes.length) - genomes.length          # global index of each root
+    index = offset[:, None] + np.arange(L)                       # global index of each slot
+    second = np.take_along_axis(structure.end, np.minimum(np.arange(1, L + 1), L - 1)[None]
+                                .repeat(P, 0), axis=1)           # end of the first operand
+    children = np.stack([np.where(structure.arity >= 1, index + 1, -1),
+                         np.where(structure.arity == 2, offset[:, None] + second, -1)], -1)
+    is_const = (genomes.kind == KIND_CONST) & valid
+    ordinal = np.cumsum(is_const, axis=1) - 1
+    n_constants = is_const.sum(axis=1)
+    constants = np.zeros((P, max(1, n_constants.max(initial=0))))
+    rows, cols = np.nonzero(is_const)
+    constants[rows, ordinal[rows, cols]] = genomes.value[rows, cols]
+    arg = np.where(is_const, ordinal, genomes.arg)
+    pick = lambda a: a[valid]
+    return Nodes(
+        kind=pick(genomes.kind), arg=pick(arg).astype(np.int32),
+        fixed=pick(np.where(genomes.kind == KIND_FIXED, genomes.value, 0.0)),
+        children=children[valid].astype(np.int64), height=pick(structure.height),
+        program=np.repeat(np.arange(P), genomes.length).astype(np.int32),
+        root=offset, constants=constants, n_constants=n_constants)

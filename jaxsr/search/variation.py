@@ -1,0 +1,217 @@
+"""Variation on the array form: every operator acts on all chosen rows in a few numpy calls.
+
+All structural changes are one primitive, ``splice``: row p becomes
+``dst[p, :i] + src[p, j:k] + dst[p, e:]`` (a slice of another row replaces the subtree
+[i, e)). With a mate as ``src`` it is subtree crossover; with a random tree it is subtree
+mutation; with the row itself it is hoist; with an empty slice or a single unary node it
+removes or inserts a unary operator. A child longer than the maximum length is rejected
+(its parent is kept).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxsr.expr import operators
+from jaxsr.expr.programs import KIND_CONST, KIND_FIXED, KIND_OP, KIND_VAR
+from jaxsr.search.population import OP_ARITY, PAD, Genomes, Structure
+
+# The variation operators, in the order of ``Rates`` fields.
+OPERATORS = ("crossover", "subtree", "point", "constants", "insert_unary", "remove_unary",
+             "hoist")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    """Relative frequency of each variation operator (normalised when drawn)."""
+
+    crossover: float = 0.35
+    subtree: float = 0.2
+    point: float = 0.15
+    constants: float = 0.15
+    insert_unary: float = 0.05
+    remove_unary: float = 0.05
+    hoist: float = 0.05
+
+    def probabilities(self) -> np.ndarray:
+        p = np.array([getattr(self, name) for name in OPERATORS], float)
+        if np.any(p < 0) or p.sum() <= 0:
+            raise ValueError(f"variation rates must be non-negative and not all 0, got {self}")
+        return p / p.sum()
+
+
+@dataclasses.dataclass(frozen=True)
+class Alphabet:
+    """The operators formulas may use (opcodes), and each row's number of variables."""
+
+    unary: np.ndarray
+    binary: np.ndarray
+
+    @staticmethod
+    def of(names) -> Alphabet:
+        names = list(names)
+        for name in names:
+            if operators.get(name).arity == 0:
+                raise ValueError(f"{name!r} is a leaf, not an operator")
+        code = lambda arity: np.array([operators.OPCODE[n] for n in names
+                                       if operators.BY_NAME[n].arity == arity], np.int32)
+        alphabet = Alphabet(code(1), code(2))
+        if not len(alphabet.binary):
+            raise ValueError(f"the operators {names} include no binary operator")
+        return alphabet
+
+
+def splice(dst: Genomes, i, e, src: Genomes, j, k) -> tuple[Genomes, np.ndarray]:
+    """Row-wise ``dst[:i] + src[j:k] + dst[e:]``; returns the children and which fit."""
+    L = dst.max_length
+    inserted = k - j
+    length = dst.length - (e - i) + inserted
+    t = np.arange(L)[None]
+    i, e, j = i[:, None], e[:, None], j[:, None]
+    from_src = (t >= i) & (t < i + inserted[:, None])
+    src_at = np.clip(j + t - i, 0, L - 1)
+    dst_at = np.where(t < i, t, np.clip(e + t - i - inserted[:, None], 0, L - 1))
+    inside = t < length[:, None]
+
+    def mix(a, b, pad):
+        picked = np.where(from_src, np.take_along_axis(b, src_at, 1),
+                          np.take_along_axis(a, dst_at, 1))
+        return np.where(inside, picked, pad)
+
+    child = Genomes(mix(dst.kind, src.kind, PAD), mix(dst.arg, src.arg, 0),
+                    mix(dst.value, src.value, 0.0), length.astype(np.int32))
+    return child, length <= L
+
+
+def random_node(rng: np.random.Generator, length: np.ndarray, allowed=None) -> np.ndarray:
+    """A uniformly random position per row (among ``allowed`` (P, L) where given; rows with
+    no allowed position get 0)."""
+    L = allowed.shape[1] if allowed is not None else int(length.max())
+    score = rng.random((len(length), L))
+    inside = np.arange(L) < length[:, None]
+    score = np.where(inside if allowed is None else inside & allowed, score, -1.0)
+    return score.argmax(axis=1)
+
+
+# ---------------------------------------------------------------------------- operators
+
+
+def crossover(rng, parents: Genomes, mates: Genomes):
+    """The subtree at a random node of each parent replaced by a random subtree of its mate."""
+    sp, sm = Structure.of(parents), Structure.of(mates)
+    i, j = random_node(rng, parents.length), random_node(rng, mates.length)
+    rows = np.arange(parents.size)
+    return splice(parents, i, sp.end[rows, i], mates, j, sm.end[rows, j])
+
+
+def subtree_mutation(rng, parents: Genomes, fresh: Genomes):
+    """The subtree at a random node replaced by a fresh random tree (one per row)."""
+    s = Structure.of(parents)
+    i = random_node(rng, parents.length)
+    rows = np.arange(parents.size)
+    return splice(parents, i, s.end[rows, i], fresh, np.zeros_like(i), fresh.length)
+
+
+def hoist(rng, parents: Genomes):
+    """A random subtree becomes the whole formula."""
+    s = Structure.of(parents)
+    j = random_node(rng, parents.length)
+    rows = np.arange(parents.size)
+    zero = np.zeros_like(j)
+    return splice(parents, zero, parents.length, parents, j, s.end[rows, j])
+
+
+def insert_unary(rng, parents: Genomes, alphabet: Alphabet):
+    """A random unary operator inserted above a random node."""
+    i = random_node(rng, parents.length)
+    node = _single_nodes(parents.size, parents.max_length, KIND_OP,
+                         rng.choice(alphabet.unary, parents.size))
+    return splice(parents, i, i, node, np.zeros_like(i), np.ones_like(i))
+
+
+def remove_unary(rng, parents: Genomes):
+    """A random unary operator removed (its operand takes its place)."""
+    is_unary = (parents.kind == KIND_OP) & (OP_ARITY[parents.arg] == 1)
+    i = random_node(rng, parents.length, is_unary)
+    has = is_unary.any(axis=1)
+    child, ok = splice(parents, i, i + 1, parents, i, i)
+    return child, ok & has
+
+
+def point_mutation(rng, parents: Genomes, alphabet: Alphabet, n_variables: np.ndarray):
+    """One random node changed in place: an operator for another of the same arity, a
+    variable for another variable, a constant for a new draw, a fixed leaf for a refinable
+    constant of the same value."""
+    child = dataclasses.replace(parents, kind=parents.kind.copy(), arg=parents.arg.copy(),
+                                value=parents.value.copy())
+    rows = np.arange(parents.size)
+    t = random_node(rng, parents.length)
+    kind, arg = parents.kind[rows, t], parents.arg[rows, t]
+    is_op = kind == KIND_OP
+    unary = is_op & (OP_ARITY[arg] == 1)
+    new_op = np.where(unary, rng.choice(alphabet.unary, len(rows)),
+                      rng.choice(alphabet.binary, len(rows)))
+    new_var = (rng.random(len(rows)) * n_variables).astype(np.int32)
+    child.arg[rows, t] = np.where(is_op, new_op, np.where(kind == KIND_VAR, new_var, arg))
+    value = parents.value[rows, t]
+    child.value[rows, t] = np.where(kind == KIND_CONST, value * np.exp(rng.normal(size=len(rows)))
+                                    * rng.choice([-1.0, 1.0], len(rows)), value)
+    child.kind[rows, t] = np.where(kind == KIND_FIXED, KIND_CONST, kind)
+    return child, np.ones(len(rows), bool)
+
+
+def jitter_constants(rng, parents: Genomes, scale: float = 0.1):
+    """Every float constant multiplied by 1 + scale * N(0, 1) (and nudged off zero)."""
+    is_const = parents.kind == KIND_CONST
+    noise = rng.normal(size=parents.value.shape)
+    value = parents.value * (1 + scale * noise) + scale * 1e-3 * noise
+    child = dataclasses.replace(parents, value=np.where(is_const, value, parents.value))
+    return child, is_const.any(axis=1)
+
+
+def fold_constants(genomes: Genomes) -> Genomes:
+    """In each row, the first operator whose operands are all numbers replaced by its value
+    (one fold per row and call; repeated over generations it keeps formulas short)."""
+    s = Structure.of(genomes)
+    P, L = genomes.kind.shape
+    rows = np.arange(P)
+    number = (genomes.kind == KIND_CONST) | (genomes.kind == KIND_FIXED)
+    first = np.minimum(np.arange(1, L + 1), L - 1)
+    second = np.minimum(s.end[:, first], L - 1)
+    foldable = ((genomes.kind == KIND_OP) & number[:, first]
+                & ((s.arity == 1) | np.take_along_axis(number, second, 1)))
+    todo = np.flatnonzero(foldable.any(axis=1))
+    if not len(todo):
+        return genomes
+    t = foldable[todo].argmax(axis=1)
+    a = genomes.value[todo, first[t]]
+    b = genomes.value[todo, second[todo, t]]
+    folded = np.full(len(todo), np.nan)
+    opcode = genomes.arg[todo, t]
+    with np.errstate(all="ignore"):
+        for code in np.unique(opcode):
+            op = operators.FUNCTIONS[code]
+            mine = opcode == code
+            folded[mine] = op.apply(np, *(a[mine], b[mine])[: op.arity])
+    ok = np.isfinite(folded)
+    todo, t, folded = todo[ok], t[ok], folded[ok]
+    if not len(todo):
+        return genomes
+    part = genomes.take(todo)
+    node = _single_nodes(len(todo), L, KIND_CONST, 0, folded)
+    child, _ = splice(part, t, s.end[todo, t], node, np.zeros_like(t), np.ones_like(t))
+    out = dataclasses.replace(genomes, kind=genomes.kind.copy(), arg=genomes.arg.copy(),
+                              value=genomes.value.copy(), length=genomes.length.copy())
+    for field in ("kind", "arg", "value", "length"):
+        getattr(out, field)[todo] = getattr(child, field)
+    return out
+
+
+def _single_nodes(n: int, max_length: int, kind, arg, value=0.0) -> Genomes:
+    """n one-node rows (slices to splice in)."""
+    out = Genomes.empty(n, max_length)
+    out.kind[:, 0], out.arg[:, 0], out.value[:, 0] = kind, arg, value
+    out.length[:] = 1
+    return out
