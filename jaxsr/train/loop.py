@@ -120,24 +120,28 @@ class _Run:
         self.config, self.model, self.train_step = config, model, train_step
         self.schedule = schedule
         self.checkpoints, self.logger, self.stream = checkpoints, logger, stream
-        self.deadline = deadline  # time.monotonic() past which no step should end
+        self.deadline = deadline  # time.monotonic() at which to stop, if any
         self._step_seconds = collections.deque(maxlen=2)  # the last two steps' durations
+        self._compile_seconds = 0.0  # the last step with a new batch shape (it compiled)
+        self._shapes: set[tuple] = set()  # batch shapes trained on (compiled) in this call
         self._step_started = None
+        self._upcoming = None  # the next batch, drawn early to see whether it will compile
         self._validation_set = None
         self._unchecked = None  # (step, lr, metrics on device) not yet read back
         self.last_metrics = None
 
     def loop(self, state: TrainState, step: int, stop: _StopRequest) -> TrainResult:
         config = self.config
+        self._step_started = time.monotonic()
         while step < config.steps:
-            batch = next(self.stream)
+            batch, self._upcoming = self._upcoming or next(self.stream), None
             lr = self.schedule(step)  # of update number `step`, counted from 0
             state, metrics = self.train_step(state, parallel.shard(Batch.from_data(batch)),
                                              np.float32(lr))
             step += 1
             self._check_and_log()  # the previous step's, while this one runs
             self._unchecked = (step, lr, metrics)
-            timed_out = self._out_of_time()
+            timed_out = self._out_of_time(batch, step)
             stopping = _agree(stop.requested or timed_out)
             last = stopping or step == config.steps
             save = last or step % config.checkpoint_every == 0
@@ -156,16 +160,27 @@ class _Run:
         self._check_and_log()
         return TrainResult(Path(config.workdir), step, "finished", self.last_metrics)
 
-    def _out_of_time(self) -> bool:
-        """Whether the next step would end past the deadline, if it lasts as long as the
-        shorter of the last two: one slow step (a new batch shape compiling) does not stop
-        the run early. The first step of a call is not timed: it includes the compilation."""
+    def _out_of_time(self, batch, step: int) -> bool:
+        """Whether the step boundary nearest the deadline is this one: the next step would
+        end further past it than it is away now. The next step is expected to last as long
+        as the shorter of the last two, plus a compilation if its batch shape is new.
+        Drawing that batch early is harmless: a checkpoint records the stream's position
+        after the last batch trained on, so a resumed run draws it again."""
         now = time.monotonic()
-        if self._step_started is not None:
-            self._step_seconds.append(now - self._step_started)
-        self._step_started = now
+        seconds, self._step_started = now - self._step_started, now
+        shape = _batch_shape(batch)
+        if shape in self._shapes:
+            self._step_seconds.append(seconds)
+        else:  # this step compiled (the first one of a call always does)
+            self._shapes.add(shape)
+            self._compile_seconds = seconds
+        if self.deadline is None or step >= self.config.steps:
+            return False
         expected = min(self._step_seconds, default=0.0)
-        return self.deadline is not None and now + expected >= self.deadline
+        self._upcoming = next(self.stream)
+        if _batch_shape(self._upcoming) not in self._shapes:
+            expected += self._compile_seconds
+        return now + expected / 2 >= self.deadline
 
     def _stopped(self, step: int, stop: _StopRequest) -> TrainResult:
         if stop.requested:
@@ -222,6 +237,11 @@ class _Run:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _batch_shape(batch) -> tuple:
+    """What decides whether a batch reuses a compiled step: its padded array shapes."""
+    return batch.points.shape, batch.tokens.shape
 
 
 @functools.lru_cache(maxsize=8)
