@@ -16,6 +16,7 @@ _LAZY = {
     "train": "jaxsr.train.loop", "TrainResult": "jaxsr.train.loop",
     "NonFiniteLossError": "jaxsr.train.loop",
     "export_weights": "jaxsr.train.export", "read_checkpoint_config": "jaxsr.train.export",
+    "export_if_improved": "jaxsr.train.export",
     "Checkpoints": "jaxsr.train.checkpoint", "inverse_sqrt_schedule": "jaxsr.train.schedule",
     "read_csv": "jaxsr.train.logging",
 }
@@ -29,6 +30,7 @@ def __getattr__(name):
 
 __all__ = [  # noqa: RUF022 (grouped as _LAZY)
     "TrainConfig", "RECIPES", "load_config", "apply_overrides", "train", "TrainResult",
-    "NonFiniteLossError", "export_weights", "read_checkpoint_config", "Checkpoints",
+    "NonFiniteLossError", "export_weights", "export_if_improved", "read_checkpoint_config",
+    "Checkpoints",
     "inverse_sqrt_schedule", "read_csv",
 ]
