@@ -26,6 +26,7 @@ import json
 import os
 from pathlib import Path
 
+from jaxsr.data.config import GeneratorConfig
 from jaxsr.expr import tokens
 from jaxsr.fileio import atomic_files
 from jaxsr.model.config import ModelConfig
@@ -38,6 +39,7 @@ from jaxsr.weights.convert import (
     to_reference_state_dict,
 )
 from jaxsr.weights.format import Weights, load_model
+from jaxsr.weights.torch_zip import write_torch_zip
 
 # The reference's N_MAX_POSITIONS and its feed-forward width (4 x the model width).
 REFERENCE_POSITIONS = 4096
@@ -67,8 +69,6 @@ def export_reference(weights: str | os.PathLike | Weights, out_path: str | os.Pa
                                    ".json (its options are written to NAME.json beside it)")
     options = reference_options(weights)
     state_dicts = reference_state_dicts(weights.params)
-    from jaxsr.weights.torch_zip import write_torch_zip
-
     with atomic_files() as files:
         files.write(out_path, lambda f: write_torch_zip(f, state_dicts))
         files.write(options_path(out_path), json.dumps(options, indent=1) + "\n")
@@ -86,8 +86,8 @@ def reference_state_dicts(params: dict) -> dict[str, collections.OrderedDict]:
 
 
 def reference_options(weights: Weights) -> dict:
-    """The reference's options for a model like ``weights``'; raises ReferenceExportError
-    naming the first setting it has no equivalent for."""
+    """The reference's options that build the model of ``weights``, and its decoding
+    settings; raises ReferenceExportError naming the first setting it has no equivalent for."""
     check_exportable(weights)
     config = weights.config
     options = {"embedder_type": "LinearPoint", "fp16": False}
@@ -103,9 +103,11 @@ def reference_options(weights: Weights) -> dict:
 
 def _training_max_len(weights: Weights) -> int:
     """The most points per set the model was trained on (the reference's max_len, which its
-    embedder checks): recorded by ``jaxsr train``'s export, else the reference's default."""
-    from jaxsr.data.config import GeneratorConfig
-
+    embedder checks): as recorded by ``jaxsr train``'s export or by the converter (the
+    reference's own flags), else the reference's default."""
+    converted = weights.metadata.get("training_params") or {}
+    if isinstance(converted.get("max_len"), int):
+        return converted["max_len"]
     train_config = weights.metadata.get("source", {}).get("train_config") or {}
     generator = train_config.get("generator") or {}
     return int(generator.get("max_len", GeneratorConfig().max_len))
