@@ -19,6 +19,7 @@ strings, ints, tuples and tensors of the dtypes in ``STORAGE_NAMES``.
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import struct
 import zipfile
@@ -104,7 +105,7 @@ def _tensors(tree, storages: dict[int, _Storage]):
         if tree.dtype.newbyteorder("=") not in STORAGE_NAMES:
             raise TypeError(f"no torch storage type for arrays of dtype {tree.dtype}")
         if id(tree) not in storages:
-            little = np.ascontiguousarray(tree, tree.dtype.newbyteorder("<"))
+            little = np.array(tree, tree.dtype.newbyteorder("<"), order="C")  # keeps 0-d
             storages[id(tree)] = _Storage(str(len(storages)), little)
         return _Tensor(storages[id(tree)])
     if isinstance(tree, (str, int, float, bool, type(None))):
@@ -116,20 +117,9 @@ def torch_pickle(tree) -> tuple[bytes, list[_Storage]]:
     """The ``data.pkl`` bytes of ``tree`` (dicts of arrays) and its storages, in key order."""
     storages: dict[int, _Storage] = {}
     converted = _tensors(tree, storages)
-    out = _BytesSink()
-    _TorchPickler(out, protocol=2).dump(converted)
+    out = io.BytesIO()
+    _TorchPickler(out, protocol=2).dump(converted)  # torch.save's protocol
     return out.getvalue(), list(storages.values())
-
-
-class _BytesSink:
-    def __init__(self):
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self._parts.append(bytes(data))
-
-    def getvalue(self) -> bytes:
-        return b"".join(self._parts)
 
 
 def write_torch_zip(f: BinaryIO, tree) -> None:
