@@ -86,9 +86,9 @@ class SearchSettings:
     rates: variation.Rates = variation.Rates()
     tournament_size: int = 4
     selection: str = "nsga2"
-    refine_top: int = 8
+    refine_top: int = 64
     refine_every: int = 1
-    refine_iterations: int = 20
+    refine_iterations: int = 10
     proposal_every: int = 10
     proposal_members: int = 2
     dtype: str = "float32"
@@ -368,6 +368,11 @@ class _Search:
         return population
 
     def offspring(self, population: _Population) -> _Population:
+        child, problem = self.offspring_genomes(population)
+        return self._population(child, problem, np.full(child.size, EVOLVED, np.int8))
+
+    def offspring_genomes(self, population: _Population) -> tuple[Genomes, np.ndarray]:
+        """``population_size`` children per problem (before scoring) and their problems."""
         s, Q = self.settings, self.data.n_problems
         start, size = population.blocks(Q)
         pick = lambda: selection.tournament(self.rng, population.scores.nmse,
@@ -375,10 +380,9 @@ class _Search:
                                             s.population_size, s.tournament_size)
         parents, mates = pick(), pick()
         problem = population.problem[parents]
-        child, ok = self.vary(population.genomes.take(parents),
-                              population.genomes.take(mates), problem)
-        child = variation.fold_constants(child)
-        return self._population(child, problem, np.full(child.size, EVOLVED, np.int8))
+        child, _ = self.vary(population.genomes.take(parents),
+                             population.genomes.take(mates), problem)
+        return variation.fold_constants(child), problem
 
     def vary(self, parents: Genomes, mates: Genomes, problem: np.ndarray):
         """One operator per row, applied to the rows that drew it."""

@@ -81,7 +81,9 @@ def score(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64) -
     """Scores every row of ``genomes`` on its problem's data (``problem`` (P,) ints)."""
     structure = Structure.of(genomes)
     programs = assemble(to_nodes(genomes, structure), program_size(genomes))
-    with jax.enable_x64(np.dtype(dtype) == np.float64):
+    # A constant beyond float32's range becomes inf in its own lane (scored inf): not an
+    # error worth a warning.
+    with jax.enable_x64(np.dtype(dtype) == np.float64), np.errstate(over="ignore"):
         mse, a, b = _scaled_errors(programs, jnp.asarray(data.X, dtype), jnp.asarray(data.y, dtype),
                                    jnp.asarray(data.weight, dtype), jnp.asarray(problem, jnp.int32))
         mse, a, b = (np.asarray(v, np.float64) for v in (mse, a, b))

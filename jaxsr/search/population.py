@@ -113,8 +113,9 @@ class Genomes:
     def skeleton_keys(self) -> np.ndarray:
         """(P,) an integer hash of each row's skeleton (structure with constants blanked):
         equal skeletons give equal keys, so duplicates can be dropped with ``np.unique``."""
-        code = self.kind.astype(np.int64) * 1024 + np.where(self.kind == KIND_FIXED,
-                                                             _fixed_code(self.value), self.arg)
+        fixed = self.kind == KIND_FIXED
+        code = self.kind.astype(np.int64) * 1024 + np.where(
+            fixed, _fixed_code(np.where(fixed, self.value, 0.0)), self.arg)
         code = np.where(self.kind == PAD, 0, code + 1)
         weights = _hash_weights(self.max_length)
         return (code * weights).sum(axis=1) ^ self.length.astype(np.int64)

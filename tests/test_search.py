@@ -1,0 +1,268 @@
+"""The evolutionary search (jaxsr.search): array form, variation, scoring, selection, loop."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from jaxsr.expr import Expr, compile_programs, evaluate_programs
+from jaxsr.expr.programs import assemble
+from jaxsr.expr.random_trees import random_expr
+from jaxsr.search import SearchSettings, evolve
+from jaxsr.search import fitness, selection, variation
+from jaxsr.search.population import Genomes, Structure, program_size, to_nodes
+
+SMALL = dict(population_size=256, max_length=24, seed=0)
+
+
+def _population(n=200, seed=0, n_variables=3, max_ops=8):
+    rng = np.random.default_rng(seed)
+    exprs = [random_expr(rng, n_variables, int(rng.integers(0, max_ops))) for _ in range(n)]
+    genomes, kept = Genomes.from_exprs(exprs, 32)
+    return genomes, [exprs[k] for k in kept]
+
+
+def _is_valid(genomes: Genomes) -> bool:
+    """Every row is exactly one complete prefix tree of its length."""
+    structure = Structure.of(genomes)
+    return bool(np.all(structure.end[:, 0] == genomes.length))
+
+
+# ---------------------------------------------------------------------------- array form
+
+
+def test_trees_round_trip_through_arrays():
+    genomes, exprs = _population()
+    assert genomes.size == len(exprs)
+    assert all(genomes.to_expr(i) == e for i, e in enumerate(exprs))
+    assert _is_valid(genomes)
+
+
+def test_array_programs_evaluate_like_compiled_trees():
+    genomes, exprs = _population()
+    X = np.random.default_rng(1).normal(size=(40, 3))
+    structure = Structure.of(genomes)
+    ours = np.asarray(evaluate_programs(assemble(to_nodes(genomes, structure),
+                                                 program_size(genomes)), X))
+    theirs = np.asarray(evaluate_programs(compile_programs(exprs), X))
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+def test_skeleton_keys_ignore_constants_only():
+    line = lambda op, a, b: Expr.op(op, Expr.op("mul", Expr.const(a), Expr.var(0)),
+                                    Expr.const(b))
+    a, b = line("add", 1.5, 2.0), line("add", -3.0, 7.0)
+    c = line("sub", 1.5, 2.0)  # sub instead of add: another skeleton
+    genomes, _ = Genomes.from_exprs([a, b, c], 16)
+    keys = genomes.skeleton_keys()
+    assert keys[0] == keys[1] and keys[0] != keys[2]
+
+
+# ---------------------------------------------------------------------------- variation
+
+
+@pytest.mark.parametrize("operator", variation.OPERATORS)
+def test_every_variation_gives_valid_trees(operator):
+    genomes, _ = _population(256, seed=2)
+    mates, _ = _population(256, seed=3)
+    rng = np.random.default_rng(0)
+    alphabet = variation.Alphabet.of(("add", "mul", "sub", "div", "sin", "exp"))
+    n = min(genomes.size, mates.size)
+    genomes, mates = genomes.take(np.arange(n)), mates.take(np.arange(n))
+    make = {
+        "crossover": lambda: variation.crossover(rng, genomes, mates),
+        "subtree": lambda: variation.subtree_mutation(rng, genomes, mates),
+        "point": lambda: variation.point_mutation(rng, genomes, alphabet, np.full(n, 3)),
+        "constants": lambda: variation.jitter_constants(rng, genomes),
+        "insert_unary": lambda: variation.insert_unary(rng, genomes, alphabet),
+        "remove_unary": lambda: variation.remove_unary(rng, genomes),
+        "hoist": lambda: variation.hoist(rng, genomes),
+    }[operator]
+    children, ok = make()
+    assert ok.any()
+    kept = children.take(np.flatnonzero(ok))
+    assert _is_valid(kept)
+    assert np.all(kept.length <= genomes.max_length)
+    before = genomes.take(np.flatnonzero(ok))
+    changed = np.zeros(kept.size, bool)
+    for field in ("kind", "arg", "value"):
+        changed |= np.any(getattr(kept, field) != getattr(before, field), axis=1)
+    assert changed.mean() > 0.3  # operators change most rows they touch
+
+
+def test_crossover_splices_the_chosen_subtrees():
+    x, y = Expr.var(0), Expr.var(1)
+    parent, _ = Genomes.from_exprs([Expr.op("add", Expr.op("sin", x), y)], 16)
+    mate, _ = Genomes.from_exprs([Expr.op("exp", y)], 16)
+    # Replace sin(x) (prefix slice [1, 3) of "add sin x y") by the mate's whole tree [0, 2).
+    child, ok = variation.splice(parent, np.array([1]), np.array([3]), mate, np.array([0]),
+                                 np.array([2]))
+    assert ok[0] and child.to_expr(0) == Expr.op("add", Expr.op("exp", y), y)
+
+
+def test_folding_constants_keeps_values():
+    exprs = [Expr.op("add", Expr.var(0), Expr.op("mul", Expr.const(2.0), Expr.const(3.0))),
+             Expr.op("sin", Expr.op("exp", Expr.const(0.5))),
+             Expr.op("mul", Expr.var(0), Expr("pi"))]
+    genomes, _ = Genomes.from_exprs(exprs, 16)
+    folded = variation.fold_constants(genomes)
+    assert list(folded.length) == [3, 2, 3]  # the third has nothing to fold
+    X = np.linspace(-1, 1, 7)[:, None]
+    for i, e in enumerate(exprs):
+        np.testing.assert_allclose(folded.to_expr(i).evaluate(X), e.evaluate(X), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- fitness
+
+
+def test_linear_scaling_is_least_squares():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.5, 2.0, size=(64, 2))
+    y = 3.0 + 0.5 * np.sin(X[:, 0]) * X[:, 1] + 0.01 * rng.normal(size=64)
+    genomes, _ = Genomes.from_exprs([Expr.from_sympy("sin(x)*y", ["x", "y"])], 16)
+    data = fitness.Data.stack([(X, y, None)])
+    s = fitness.score(genomes, np.zeros(1, int), data, "float64")
+    slope, intercept = np.polyfit(np.sin(X[:, 0]) * X[:, 1], y, 1)
+    assert s.slope[0] == pytest.approx(slope, rel=1e-9)
+    assert s.intercept[0] == pytest.approx(intercept, rel=1e-9)
+    residual = y - intercept - slope * np.sin(X[:, 0]) * X[:, 1]
+    assert s.nmse[0] == pytest.approx(np.mean(residual**2) / np.var(y), rel=1e-8)
+
+
+def test_non_finite_candidates_stay_in_their_lane():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1.0, 1.0, size=(50, 2))
+    y = X[:, 0] * X[:, 1]
+    good = [Expr.from_sympy(f, ["x", "y"]) for f in ("x*y", "x + y", "exp(x)")]
+    bad = [Expr.from_sympy("log(x)", ["x", "y"]), Expr.from_sympy("exp(exp(exp(10*y)))",
+                                                                  ["x", "y"])]
+    data = fitness.Data.stack([(X, y, None)])
+    alone, _ = Genomes.from_exprs(good, 16)
+    mixed, _ = Genomes.from_exprs([bad[0], *good, bad[1]], 16)
+    s_alone = fitness.score(alone, np.zeros(3, int), data, "float64")
+    s_mixed = fitness.score(mixed, np.zeros(5, int), data, "float64")
+    assert np.isinf(s_mixed.nmse[[0, 4]]).all()
+    np.testing.assert_array_equal(s_mixed.nmse[1:4], s_alone.nmse)
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+def test_pareto_ranks_match_brute_force():
+    rng = np.random.default_rng(0)
+    nmse = rng.choice([0.1, 0.2, 0.5, np.inf], size=60) * rng.uniform(0.5, 1, 60)
+    complexity = rng.integers(1, 8, size=60)
+    problem = np.repeat([0, 1], 30)
+    ranks = selection.pareto_ranks(nmse, complexity, problem)
+    for q in (0, 1):
+        rows = np.flatnonzero(problem == q)
+        left, r = set(rows), 0
+        while left:
+            front = {i for i in left if not any(
+                nmse[j] <= nmse[i] and complexity[j] <= complexity[i]
+                and (nmse[j] < nmse[i] or complexity[j] < complexity[i]) for j in left)}
+            # ties on both objectives: the first in (complexity, error) order is ranked
+            assert {i for i in front if ranks[i] == r} or not front
+            assert all(ranks[i] >= r for i in left)
+            left -= {i for i in left if ranks[i] == r}
+            r += 1
+
+
+def test_survivors_keep_each_problems_front_and_size():
+    rng = np.random.default_rng(1)
+    nmse, complexity = rng.uniform(size=400), rng.integers(1, 20, size=400)
+    problem = np.repeat([0, 1], 200)
+    for method in selection.SELECTIONS:
+        keep = selection.survivors(nmse, complexity, problem, 50, method)
+        assert np.bincount(problem[keep]).tolist() == [50, 50]
+        for q in (0, 1):
+            mine = np.flatnonzero(problem == q)
+            front = mine[selection.front(nmse[mine], complexity[mine])]
+            assert set(front) <= set(keep)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.5, 2.0, size=(100, 2))
+    return X, 1.5 * X[:, 0] * X[:, 1] - X[:, 0] ** 2
+
+
+def test_search_recovers_a_planted_formula(planted):
+    X, y = planted
+    result = evolve([(X, y)], settings=SearchSettings(generations=40, **SMALL))
+    assert result.stopped == "target_r2"
+    best = min(result.fronts[0], key=lambda c: c.nmse)
+    assert best.r2 >= 1 - 1e-10
+    np.testing.assert_allclose(best.expr.evaluate(X), y, rtol=1e-6, atol=1e-6)
+
+
+def test_front_is_a_pareto_front(planted):
+    X, y = planted
+    result = evolve([(X, y)], settings=SearchSettings(generations=3, target_r2=2.0, **SMALL))
+    front = result.fronts[0]
+    complexity = np.array([c.complexity for c in front])
+    nmse = np.array([c.nmse for c in front])
+    assert len(front) >= 2
+    assert np.all(np.diff(complexity) >= 0) and np.all(np.diff(nmse) < 0)
+    for c in front:  # each error is what the formula gives
+        r2 = 1 - np.mean((c.expr.evaluate(X) - y) ** 2) / np.var(y)
+        assert r2 == pytest.approx(c.r2, abs=1e-4)
+
+
+def test_same_seed_same_generations_same_result(planted):
+    X, y = planted
+    settings = SearchSettings(generations=4, target_r2=2.0, **SMALL)
+    a, b = (evolve([(X, y)], settings=settings) for _ in range(2))
+    assert [c.expr for c in a.fronts[0]] == [c.expr for c in b.fronts[0]]
+    c = evolve([(X, y)], settings=dataclasses.replace(settings, seed=1))
+    assert [e.expr for e in c.fronts[0]] != [e.expr for e in a.fronts[0]]
+
+
+def test_many_problems_evolve_together_and_stay_apart(planted):
+    X, y = planted
+    result = evolve([(X, y), (X[:, :1], np.exp(X[:, 0]))],
+                    settings=SearchSettings(generations=30, **SMALL))
+    assert len(result.fronts) == 2
+    assert all(max(c.expr.variables(), default=0) == 0 for c in result.fronts[1])
+    assert max(c.r2 for c in result.fronts[1]) > 1 - 1e-9
+
+
+def test_seeds_and_baselines_compete(planted):
+    X, y = planted
+    seed = Expr.from_sympy("1.4*x*y - 0.9*x**2", ["x", "y"])
+    result = evolve([(X, y)], seeds=[[seed]],
+                    settings=SearchSettings(generations=0, **SMALL))
+    origins = {c.origin for c in result.fronts[0]}
+    assert "model sample" in origins  # the seed, refined, is the exact formula
+    assert max(c.r2 for c in result.fronts[0]) > 1 - 1e-10
+
+
+def test_proposer_is_called_and_its_formulas_join(planted):
+    X, y = planted
+    calls = []
+
+    def proposer(requests, seed):
+        calls.append(len(requests))
+        return [[Expr.from_sympy("x*y", ["x", "y"])] for _ in requests]
+
+    result = evolve([(X, y)], proposer=proposer,
+                    settings=SearchSettings(generations=2, proposal_every=1, target_r2=2.0,
+                                            **SMALL))
+    assert calls and calls[0] >= 1
+    assert result.generations == 2
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="needs a limit"):
+        SearchSettings().check()
+    with pytest.raises(ValueError, match="selection"):
+        SearchSettings(generations=1, selection="best").check()
+    with pytest.raises(KeyError, match="unknown operator"):
+        SearchSettings(generations=1, operators=("add", "frobnicate")).check()
+    with pytest.raises(ValueError, match="population_size"):
+        SearchSettings(generations=1, population_size=0).check()
