@@ -41,6 +41,8 @@ ORIGINS = ("model sample", "model proposal", "evolved", "random tree", "baseline
 MODEL_SAMPLE, MODEL_PROPOSAL, EVOLVED, RANDOM_TREE, BASELINE = range(len(ORIGINS))
 DEFAULT_OPERATORS = ("add", "sub", "mul", "div", "sqrt", "exp", "log", "sin", "cos", "pow2",
                      "inv")
+# L-BFGS steps for the initial population (the seeds are the model's best guesses).
+INITIAL_REFINE_ITERATIONS = 50
 # Random trees made once per problem: subtree-mutation donors are drawn from this pool.
 POOL_SIZE = 512
 
@@ -346,7 +348,7 @@ class _Search:
         population = self._population(genomes, np.concatenate([p[1] for p in parts]),
                                       np.concatenate([p[2] for p in parts]))
         population = self.survive(population)
-        return self.refine(population)
+        return self.refine(population, INITIAL_REFINE_ITERATIONS)
 
     def _random_genomes(self, n: int, dimension: int, small: bool) -> Genomes:
         exprs = random_trees(self.rng, n, int(dimension), self.alphabet,
@@ -431,7 +433,7 @@ class _Search:
 
     # ------------------------------------------------------------------ refinement
 
-    def refine(self, population: _Population) -> _Population:
+    def refine(self, population: _Population, iterations: int | None = None) -> _Population:
         """L-BFGS on each problem's best ``refine_top`` unrefined rows (constants of f, and
         the scaling a, b), written back."""
         k = self.settings.refine_top
@@ -445,7 +447,8 @@ class _Search:
         genomes, scores = population.genomes.take(rows), population.scores.take(rows)
         exprs = [affine(genomes.to_expr(i), scores.intercept[i], scores.slope[i])
                  for i in range(genomes.size)]
-        result = self._lbfgs(exprs, population.problem[rows])
+        result = self._lbfgs(exprs, population.problem[rows],
+                             iterations or self.settings.refine_iterations)
         nmse = result.loss / self.data.variance[population.problem[rows]]
         better = np.isfinite(nmse) & (nmse < scores.nmse)
         for i in np.flatnonzero(better):
@@ -456,11 +459,11 @@ class _Search:
         population.genomes.value[rows] = genomes.value
         return population
 
-    def _lbfgs(self, exprs, problem):
+    def _lbfgs(self, exprs, problem, iterations: int):
         started = time.perf_counter()
         result = refine_constants(exprs, self.data.X, self.data.y, sample_weight=self.data.weight,
                                   dataset_index=problem,
-                                  max_iter=self.settings.refine_iterations, dtype="float64",
+                                  max_iter=iterations, dtype="float64",
                                   min_size=self.refine_size)
         self.clock.device += time.perf_counter() - started
         return result
@@ -515,7 +518,7 @@ class _Search:
         settings = self.settings
         try:
             self.settings = dataclasses.replace(settings, refine_top=population.genomes.size)
-            return self.refine(population)
+            return self.refine(population, INITIAL_REFINE_ITERATIONS)
         finally:
             self.settings = settings
 
