@@ -11,7 +11,7 @@ import numpy as np
 import scipy.optimize
 
 from jaxsr.expr import operators
-from jaxsr.expr.programs import _KIND_CONST, _KIND_FIXED, _KIND_OP, _KIND_VAR, _template
+from jaxsr.expr.programs import KIND_CONST, KIND_FIXED, KIND_OP, KIND_VAR, _template
 from jaxsr.expr.tree import Expr
 
 
@@ -34,9 +34,9 @@ def loss_and_grad(expr: Expr, consts: np.ndarray, X: np.ndarray, y: np.ndarray,
         for i in range(n - 1, -1, -1):
             if adjoint[i] is None:
                 continue
-            if t.kind[i] == _KIND_CONST:
+            if t.kind[i] == KIND_CONST:
                 grad[t.arg[i]] += np.sum(adjoint[i])
-            elif t.kind[i] == _KIND_OP:
+            elif t.kind[i] == KIND_OP:
                 op = operators.FUNCTIONS[t.arg[i]]
                 kids = t.children[i, : op.arity]
                 partials = op.derivative(np, values[i], *(values[k] for k in kids))
@@ -49,11 +49,11 @@ def loss_and_grad(expr: Expr, consts: np.ndarray, X: np.ndarray, y: np.ndarray,
 
 def _node_value(t, i: int, consts, X, values):
     kind = t.kind[i]
-    if kind == _KIND_VAR:
+    if kind == KIND_VAR:
         return X[:, t.arg[i]]
-    if kind == _KIND_CONST:
+    if kind == KIND_CONST:
         return np.full(len(X), consts[t.arg[i]])
-    if kind == _KIND_FIXED:
+    if kind == KIND_FIXED:
         return np.full(len(X), t.fixed[i])
     op = operators.FUNCTIONS[t.arg[i]]
     return op.apply(np, *(values[k] for k in t.children[i, : op.arity]))

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest formula in tokens (default 200; at most the model's "
                              "positions)")
     parser.add_argument("--max-time", type=_seconds, default=None, help="seconds at most")
+    parser.add_argument("--search", choices=("evolve", "sample"), default="evolve",
+                        help="'evolve' (default): the model seeds an evolutionary search; "
+                             "'sample': the paper's protocol (sample, refine, rank)")
     parser.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
 
 
@@ -136,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         _check_max_len(args.max_len, _load_model(args.model))
         estimator = SymbolicTransformerRegressor(
             args.model, n_candidates=args.n_candidates, max_number_bags=args.max_bags,
-            max_len=args.max_len, max_time=args.max_time, random_state=args.seed)
+            max_len=args.max_len, max_time=args.max_time, search=args.search,
+            random_state=args.seed)
         try:
             estimator.fit(X, y)
         except ValueError as err:  # the model loaded and the options are checked: the data
@@ -189,7 +193,7 @@ def summary(estimator, args, messages: list[str]) -> dict:
         "data": args.data, "target": args.target, "model": estimator.model_label_,
         "untrained": estimator.fit_info_["untrained"],
         "features": list(estimator.variable_names_),
-        "best": {**estimator._rows(1)[0], "simplified": simplified(estimator)},
+        "best": {**estimator._rows()[estimator.best_index_], "simplified": simplified(estimator)},
         "candidates": estimator._rows(args.top),
         "fallback": estimator.fallback_,
         "fit": {k: v for k, v in estimator.fit_info_.items() if k not in ("model", "untrained")},
@@ -206,7 +210,7 @@ def print_report(estimator, args) -> None:
         print("  (untrained: its formulas are random; see the fallback below)")
     print(f"data: {args.data}, {info['rows']} rows, target {args.target!r}, features "
           f"{', '.join(estimator.variable_names_)}")
-    best = estimator._rows(1)[0]
+    best = estimator._rows()[estimator.best_index_]
     print(f"best formula: {best['formula']}")
     print(f"  simplified (sympy, 6 digits): {simplified(estimator)}")
     print(f"R2 = {_fmt(best['r2'])}, MSE = {_fmt(best['mse'])}, complexity {best['complexity']} "

@@ -11,16 +11,23 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from jaxsr.regressor import inputs, models, pipeline
+from jaxsr.regressor import evolution, inputs, models, pipeline
 from jaxsr.regressor.export import jax_function
 
 
+SEARCHES = ("evolve", "sample")
+
+
 class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
-    """Fits a formula to data with a pretrained transformer, then refines its constants.
+    """Fits a formula to data with a pretrained transformer and a search it guides.
 
     The model reads bags of points and samples candidate formulas; every unique candidate
-    gets its constants refined by batched L-BFGS, and the candidates are ranked by R2 (ties:
-    lower complexity). See ``docs/regressor.md``.
+    gets its constants refined by batched L-BFGS. With ``search="sample"`` (the paper's
+    protocol) the candidates are ranked by R2 (ties: lower complexity). With
+    ``search="evolve"`` (the default) they seed an evolutionary search
+    (``jaxsr.search``) in which the model also proposes formulas for the residuals of the
+    best ones; the answer is the simplest formula of the final Pareto front whose error on
+    held-out training rows is within tolerance of the best. See ``docs/regressor.md``.
 
     Parameters:
       model: "default" (the shipped trained model; while none ships, the untrained ``tiny``
@@ -38,17 +45,27 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
       max_len: longest formula, in tokens (the reference's 200).
       refine: refine the constants of every unique candidate.
       max_iter: L-BFGS iterations at most.
-      max_time: seconds; checked between decoding calls and refinement rounds, the best
-        candidates found so far are returned (``stopped_early_``). None: no limit.
+      max_time: seconds for the whole fit; checked between decoding calls, refinement
+        rounds and search generations, the best formulas found so far are returned
+        (``stopped_early_``). None: no limit (the search then runs ``generations``).
+      search: "evolve" (seeded evolutionary search) or "sample" (the paper's protocol).
+      population_size: formulas per problem in the search.
+      generations: search generations at most; None: until max_time (40 without one).
+      seeds: "model" (the search starts from the model's samples) or "random" (random
+        trees only, no model: for ablations).
+      model_proposals: the model proposes formulas during the search.
       random_state: int, RandomState or None; fixes bags, subsamples and sampling.
       verbose: 0 silent; 1 a progress bar and a summary with per-stage timings.
 
     Attributes (after ``fit``):
-      equations_: DataFrame, one row per unique candidate, best first: formula (exact,
-        full precision, in the column names), sympy, complexity, r2, mse, refined, source
-        ("model" or a flagged fallback), selected, model.
+      equations_: DataFrame, one row per candidate: formula (exact, full precision, in the
+        column names), sympy, complexity, r2, mse, refined, source, selected, model. With
+        "sample": every unique candidate, best first, source "model" or a flagged
+        fallback. With "evolve": the final Pareto front, simplest first, with r2_validation
+        and source "model sample", "model proposal", "evolved", "random tree" or
+        "baseline".
       expressions_: the candidates as ``jaxsr.Expr`` trees (x_k = column k of X), same order.
-      best_: the selected formula (exact infix string); best_index_: its row (0).
+      best_: the selected formula (exact infix string); best_index_: its row.
       variable_names_: the name of each column in formulas; feature_names_in_,
         n_features_in_: as sklearn; selected_features_: columns the model saw.
       fallback_: None, or why the answer is a fallback (no usable formula, constant y).
@@ -61,7 +78,9 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
 
     def __init__(self, model="default", *, max_input_points=None, max_number_bags=10,
                  n_candidates=100, decoding="sampling", temperature=None, max_len=200,
-                 refine=True, max_iter=50, max_time=None, random_state=None, verbose=0):
+                 refine=True, max_iter=50, max_time=None, search="evolve",
+                 population_size=1024, generations=None, seeds="model", model_proposals=True,
+                 random_state=None, verbose=0):
         self.model = model
         self.max_input_points = max_input_points
         self.max_number_bags = max_number_bags
@@ -72,6 +91,11 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         self.refine = refine
         self.max_iter = max_iter
         self.max_time = max_time
+        self.search = search
+        self.population_size = population_size
+        self.generations = generations
+        self.seeds = seeds
+        self.model_proposals = model_proposals
         self.random_state = random_state
         self.verbose = verbose
 
@@ -115,7 +139,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
                     raise
                 raise ValueError(f"dataset {i}: {err}") from None
         clock = pipeline.Clock(settings.max_time, self.verbose)
-        outcomes = pipeline.run(problems, loaded, settings, clock)
+        run = evolution.run if settings.search == "evolve" else pipeline.run
+        outcomes = run(problems, loaded, settings, clock)
         timings = clock.close()
         for (estimator, *_), problem, outcome in zip(jobs, problems, outcomes):
             estimator._store(outcome, problem, loaded, timings, clock.stopped_early)
@@ -144,11 +169,21 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
             _check_positive("max_time", self.max_time, allow_zero=True)
         if not isinstance(self.refine, (bool, np.bool_)):
             raise TypeError(f"refine must be True or False, got {self.refine!r}")
+        _check_choice("search", self.search, SEARCHES)
+        _check_choice("seeds", self.seeds, ("model", "random"))
+        _check_int("population_size", self.population_size, 2)
+        if self.generations is not None:
+            _check_int("generations", self.generations, 0)
+        if not isinstance(self.model_proposals, (bool, np.bool_)):
+            raise TypeError(f"model_proposals must be True or False, "
+                            f"got {self.model_proposals!r}")
         return pipeline.Settings(
             max_input_points=max_points, max_number_bags=self.max_number_bags,
             n_candidates=self.n_candidates, decoding=self.decoding,
             temperature=float(temperature), max_len=self.max_len, refine=bool(self.refine),
-            max_iter=self.max_iter, max_time=self.max_time, seed=seed)
+            max_iter=self.max_iter, max_time=self.max_time, seed=seed, search=self.search,
+            population_size=self.population_size, generations=self.generations,
+            seeds=self.seeds, model_proposals=bool(self.model_proposals), verbose=self.verbose)
 
     def _prepare(self, X, y, sample_weight, max_features: int, seed: int) -> inputs.Problem:
         """Validates one problem (setting n_features_in_, feature_names_in_) and prepares it."""
@@ -177,8 +212,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         self.variable_names_ = list(problem.names)
         self.selected_features_ = problem.selected
         self.expressions_ = outcome.exprs
-        self.best_index_ = 0
-        self.best_ = outcome.exprs[0].infix(self.variable_names_)
+        self.best_index_ = outcome.selected
+        self.best_ = outcome.exprs[outcome.selected].infix(self.variable_names_)
         self.fallback_ = outcome.fallback
         self.model_label_ = loaded.label
         self.timings_ = dict(timings)
@@ -193,6 +228,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         }
         self._table = {"complexity": outcome.complexity, "r2": outcome.r2, "mse": outcome.mse,
                        "refined": outcome.refined, "source": outcome.source}
+        if outcome.r2_validation is not None:
+            self._table["r2_validation"] = outcome.r2_validation
         self._equations = None
 
     # ------------------------------------------------------------------ results
@@ -276,7 +313,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
               + (f"; dropped: {dropped}" if dropped else ""), file=file)
         print(f"  seconds: {timings}" + (" (stopped early: max_time)" if self.stopped_early_
                                          else ""), file=file)
-        best = self._rows(1, precision=6)[0]
+        best = self._rows(precision=6)[self.best_index_]
         print(f"  best: {best['formula']}  (R2 {best['r2']}, complexity {best['complexity']}, "
               f"{best['source']})", file=file)
         if self.fallback_:
@@ -302,6 +339,11 @@ def _check_int(name, value, low, high=None) -> None:
     if not ok or (high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+
+
+def _check_choice(name, value, choices) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 def _check_positive(name, value, allow_zero=False) -> None:

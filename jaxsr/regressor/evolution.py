@@ -36,8 +36,9 @@ ABSOLUTE_TOLERANCE = 1e-10
 SAMPLED_FINALISTS = 5         # best sampled formulas that compete with the front
 SEEDING_SHARE = 0.35          # of max_time, for sampling the seeds
 PROPOSALS_PER_TARGET = 16     # model samples per proposal request
-DEFAULT_GENERATIONS = 100     # when neither generations nor max_time is given
+DEFAULT_GENERATIONS = 40      # when neither generations nor max_time is given
 SOURCE_SAMPLE = "model sample"
+SOURCE_BASELINE = "baseline"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,7 @@ def run(problems: list[Problem], loaded: LoadedModel, settings: pipeline.Setting
                              stopped=result.stopped)
             finalists = [(c.expr, c.origin) for c in result.fronts[i]]
             finalists += [(e, SOURCE_SAMPLE) for e in sampled[i][:SAMPLED_FINALISTS]]
+            finalists.append((linear_fit(p, rows[i].train), SOURCE_BASELINE))
             outcomes.append(choose(p, rows[i], finalists, counts[i], dropped[i]))
     return outcomes
 
@@ -198,6 +200,18 @@ def choose(p: Problem, rows: Rows, finalists, counts, dropped) -> pipeline.Outco
         complexity=complexity[order], refined=np.ones(len(order), bool),
         source=[sources[k] for k in order], fallback=None, counts=counts,
         dropped=dict(dropped), selected=int(selected), r2_validation=val_r2)
+
+
+def linear_fit(p: Problem, rows) -> Expr:
+    """Weighted least squares of y on the selected columns (user units) over ``rows``: it
+    always competes in the final choice, whatever the search's length limit."""
+    Z = np.column_stack([np.ones(len(rows)), p.user_units(rows)])
+    root = np.sqrt(p.weight[rows])
+    coef = np.linalg.lstsq(Z * root[:, None], p.y[rows] * root, rcond=None)[0]
+    tree = Expr.const(coef[0])
+    for k, a in enumerate(coef[1:]):
+        tree = Expr.op("add", tree, Expr.op("mul", Expr.const(a), Expr.var(k)))
+    return tree
 
 
 def _metrics(expr: Expr, p: Problem, rows) -> tuple[float, float]:

@@ -33,7 +33,7 @@ from jaxsr.refine import refine_constants
 from jaxsr.regressor.inputs import Problem
 from jaxsr.regressor.models import LoadedModel
 
-STAGES = ("encode", "decode", "parse", "score", "refine", "select")
+STAGES = ("encode", "decode", "parse", "score", "refine", "search", "select")
 DECODING = ("sampling", "beam", "greedy")
 # Decoder key/value caches of one decoding call stay under this on a CPU (the
 # cross-attention cache is repeated for every candidate row: 13 MB per row for the paper
@@ -42,6 +42,8 @@ DECODE_MEMORY_BYTES = 2 << 30
 # With max_time, refinement runs in rounds of this many iterations, the clock checked
 # between rounds (each round restarts L-BFGS from the previous round's constants).
 ROUND_ITERATIONS = 10
+# With max_time, bags decode at most this many per call, the clock checked between calls.
+TIMED_GROUP_BAGS = 2
 REFINE_SOLVER = "batched"  # one batched evaluation per step: the fastest for many candidates
 SOURCE_MODEL = "model"
 SOURCE_LINEAR = "fallback: linear fit"
@@ -65,6 +67,12 @@ class Settings:
     max_iter: int
     max_time: float | None
     seed: int
+    search: str = "sample"
+    population_size: int = 1024
+    generations: int | None = None
+    seeds: str = "model"
+    model_proposals: bool = True
+    verbose: int = 0
 
     @property
     def rows_per_bag(self) -> int:
@@ -85,6 +93,8 @@ class Outcome:
     fallback: str | None
     counts: dict
     dropped: dict
+    selected: int = 0                        # the chosen row (the first: best R2)
+    r2_validation: np.ndarray | None = None  # with search="evolve": R2 on held-out rows
 
 
 class Clock:
@@ -112,6 +122,22 @@ class Clock:
             self.timings[name] += time.perf_counter() - started
             if self.bar is not None:
                 self.bar.update(1)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (None without one)."""
+        return None if self.deadline is None else self.deadline - time.perf_counter()
+
+    @contextlib.contextmanager
+    def until(self, seconds: float | None):
+        """Inside the block, the deadline is ``seconds`` from the start (never later than
+        the real one), and running out of it does not count as stopping early."""
+        deadline, stopped = self.deadline, self.stopped_early
+        if seconds is not None:
+            self.deadline = min(self.start + seconds, deadline or np.inf)
+        try:
+            yield
+        finally:
+            self.deadline, self.stopped_early = deadline, stopped
 
     def out_of_time(self) -> bool:
         if self.deadline is not None and time.perf_counter() > self.deadline:
@@ -267,6 +293,8 @@ def decode_bags(loaded: LoadedModel, bags: Bags, settings: Settings, clock: Cloc
     rows = rows_per_call(loaded, bags.mask.shape[1], settings)
     pieces = -(-n // rows) if settings.decoding == "sampling" else 1  # beams cannot split
     group = 1 if pieces > 1 else min(max(1, rows // n), next_power_of_two(n_bags))
+    if clock.deadline is not None:  # small calls, so that the clock is checked often
+        group = min(group, TIMED_GROUP_BAGS)
     key = jax.random.key(settings.seed)
     tokens, lengths = [], []
     for g, start in enumerate(range(0, n_bags, group)):
@@ -474,8 +502,10 @@ def new_counts() -> dict:
     return {"bags": 0, "sampled": 0, "valid": 0, "unique": 0, "iterations": 0}
 
 
-def run(problems: list[Problem], loaded: LoadedModel, settings: Settings, clock: Clock):
-    """Every stage for all ``problems`` at once; returns one ``Outcome`` per problem."""
+def sample(problems: list[Problem], loaded: LoadedModel, settings: Settings, clock: Clock):
+    """The paper's protocol up to ranking: every unique sampled formula of every problem,
+    in the user's units (variables: selected features), refined. Returns the pool and the
+    per-problem counters and drop reasons."""
     counts = [new_counts() for _ in problems]
     dropped = [Counter() for _ in problems]
     with clock.stage("encode"):
@@ -493,5 +523,11 @@ def run(problems: list[Problem], loaded: LoadedModel, settings: Settings, clock:
         pool = dedupe(score(pool, problems, dropped), counts)
     with clock.stage("refine"):
         pool = refine(pool, problems, settings, clock)
+    return pool, counts, dropped
+
+
+def run(problems: list[Problem], loaded: LoadedModel, settings: Settings, clock: Clock):
+    """Every stage for all ``problems`` at once; returns one ``Outcome`` per problem."""
+    pool, counts, dropped = sample(problems, loaded, settings, clock)
     with clock.stage("select"):
         return select(pool, problems, counts, dropped)

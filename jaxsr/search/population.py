@@ -184,13 +184,14 @@ class Structure:
 
 def program_size(genomes: Genomes) -> ProgramSize:
     """Capacities holding the rows: constants and depth at the maximum length (fixed for a
-    search), operator nodes per row on average rounded up to a power of two. A search thus
-    compiles its evaluator for two or three sizes at most, while the value buffer follows
-    the population's actual size."""
+    search), operator nodes per row on average rounded up to a power of two, at least a
+    quarter of the maximum length. A search thus compiles its evaluator once (twice when
+    its formulas grow long on average), while the value buffer stays near the work."""
     valid = np.arange(genomes.max_length) < genomes.length[:, None]
     n_ops = ((genomes.kind == KIND_OP) & valid).sum(axis=1)
     up = lambda n: max(4, 1 << (int(n) - 1).bit_length())
-    return ProgramSize(ops=up(np.ceil(n_ops.mean())), constants=up(genomes.max_length),
+    return ProgramSize(ops=up(max(np.ceil(n_ops.mean()), genomes.max_length // 4)),
+                       constants=up(genomes.max_length),
                        depth=up(genomes.max_length))
 
 

@@ -1,0 +1,130 @@
+"""Benchmark: generations of the evolutionary search (jaxsr.search) per second.
+
+One problem with N = 200 points and 3 variables (y = x0 x1 / (1 + x2^2) + sin(x0), which
+no short formula fits exactly, so the search never stops early). For populations of 1,024,
+4,096 and 16,384 formulas, the search's own generation (tournaments, variation on the array
+form, one batched scoring call with linear scaling, dedupe and NSGA-II survival, the Pareto
+archive) is timed after warm-up generations, without L-BFGS refinement and without model
+proposals, which the loop runs every few generations at a cost of its own (reported
+separately at 4,096 with the regressor's refinement settings).
+
+The baseline, in the same process: the same generation with the batched scoring call
+replaced by a plain numpy loop (each child turned into a tree, evaluated with
+``Expr.evaluate`` and linearly scaled in numpy), at 4,096.
+
+    python benchmarks/search.py --json
+
+prints one JSON object: ``evaluations_per_second`` (a dict keyed "1024", "4096", "16384"),
+``host_fraction`` (share of a generation spent outside the compiled scoring call, per size),
+``evaluations_per_second_with_refinement`` at 4,096, ``numpy_loop_evaluations_per_second``
+and ``speedup_vs_numpy_loop`` at 4,096.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+
+from jaxsr.search import engine, fitness
+from jaxsr.search.engine import SearchSettings
+
+N_POINTS = 200
+SIZES = (1024, 4096, 16384)
+BASELINE_SIZE = 4096
+
+
+def problem(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0.5, 2.0, size=(N_POINTS, 3))
+    return X, X[:, 0] * X[:, 1] / (1 + X[:, 2] ** 2) + np.sin(X[:, 0])
+
+
+def make_search(size: int, refine: bool) -> tuple[engine._Search, engine._Population]:
+    X, y = problem()
+    settings = SearchSettings(population_size=size, generations=10**9, target_r2=2.0,
+                              refine_top=8 if refine else 0, proposal_every=0, seed=0)
+    data = fitness.Data.stack([(X, y, None)])
+    search = engine._Search(settings, data, np.array([3]), np.random.default_rng(0),
+                            engine._Clock(settings), None)
+    return search, search.initial([[]], engine.RANDOM_TREE, [(X, y, None)])
+
+
+def time_generations(search, population, generations: int, warm_up: int):
+    """Runs warm-up generations, then times ``generations``; returns (seconds per
+    generation, share of it outside compiled calls, population)."""
+    archive = search.update_archive(None, population)
+    for g in range(warm_up):
+        population = search.generation(population, g)
+    device_before = search.clock.device
+    start = time.perf_counter()
+    for g in range(generations):
+        population = search.generation(population, warm_up + g)
+        archive = search.update_archive(archive, population)
+    seconds = (time.perf_counter() - start) / generations
+    device = (search.clock.device - device_before) / generations
+    return seconds, 1.0 - device / seconds, population
+
+
+def numpy_loop_generation(search, population, data: fitness.Data) -> float:
+    """One generation with scoring done candidate by candidate in numpy; returns seconds."""
+    start = time.perf_counter()
+    children = search.offspring_genomes(population)
+    X, y = data.X[0, :N_POINTS, :3], data.y[0, :N_POINTS]
+    nmse = np.empty(children[0].size)
+    for i in range(children[0].size):
+        with np.errstate(all="ignore"):
+            f = children[0].to_expr(i).evaluate(X)
+        nmse[i] = _scaled_nmse(f, y)
+    return time.perf_counter() - start
+
+
+def _scaled_nmse(f: np.ndarray, y: np.ndarray) -> float:
+    if not np.all(np.isfinite(f)):
+        return np.inf
+    df, dy = f - f.mean(), y - y.mean()
+    var = np.mean(df * df)
+    slope = np.mean(df * dy) / var if var > 1e-12 * f.mean() ** 2 + 1e-300 else 0.0
+    residual = dy - slope * df
+    return float(np.mean(residual * residual) / np.mean(dy * dy))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--generations", type=int, default=5, help="timed generations")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    args = parser.parse_args(argv)
+
+    rates, host = {}, {}
+    for size in args.sizes:
+        search, population = make_search(size, refine=False)
+        seconds, host_share, population = time_generations(search, population,
+                                                           args.generations, warm_up=5)
+        rates[str(size)], host[str(size)] = size / seconds, host_share
+    search, population = make_search(BASELINE_SIZE, refine=True)
+    refined_seconds, _, _ = time_generations(search, population, args.generations, warm_up=5)
+    search, population = make_search(BASELINE_SIZE, refine=False)
+    loop_seconds = numpy_loop_generation(search, population, search.data)
+    batched = rates.get(str(BASELINE_SIZE))
+    result = {
+        "benchmark": "search",
+        "n_points": N_POINTS,
+        "evaluations_per_second": rates,
+        "host_fraction": host,
+        "evaluations_per_second_with_refinement": {str(BASELINE_SIZE):
+                                                   BASELINE_SIZE / refined_seconds},
+        "numpy_loop_evaluations_per_second": BASELINE_SIZE / loop_seconds,
+        "speedup_vs_numpy_loop": (batched * loop_seconds / BASELINE_SIZE
+                                  if batched else None),
+        "machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
+    }
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
