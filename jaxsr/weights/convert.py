@@ -30,6 +30,7 @@ import json
 import math
 import os
 import pickle
+import pickletools
 import zipfile
 import zlib
 from pathlib import Path
@@ -200,7 +201,9 @@ class _TorchZip:
             return None
 
     def data_pickle(self) -> bytes:
-        return self.zip.read(self.prefix + "data.pkl")
+        data = self.zip.read(self.prefix + "data.pkl")
+        _check_memo_indices(data)
+        return data
 
     def storage(self, key: str, storage_type: _StorageType, numel) -> np.ndarray:
         if key not in self._storages:
@@ -218,6 +221,22 @@ class _TorchZip:
             native = np.frombuffer(raw, dtype).astype(dtype.newbyteorder("="), copy=False)
             self._storages[key] = native  # read-only; tensors copy out of it
         return self._storages[key]
+
+
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _check_memo_indices(data: bytes) -> None:
+    """Refuses a memo index beyond the number of opcodes read so far, before unpickling.
+
+    A pickler numbers its memo entries 0, 1, 2, ... as it writes them, but the C unpickler
+    grows its memo table to whatever index it is given: a 10-byte pickle could make it
+    allocate gigabytes. ``pickletools.genops`` reads the opcodes without building anything
+    (it raises ValueError on a malformed pickle, which the caller reports)."""
+    for count, (op, arg, position) in enumerate(pickletools.genops(data), start=1):
+        if op.name in _MEMO_PUTS and int(arg) > count:
+            raise CheckpointError(f"the pickle stores memo entry {arg} at byte {position}, "
+                                  f"after only {count} opcodes: not a pickle a pickler wrote")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
