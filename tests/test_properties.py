@@ -260,10 +260,19 @@ BINARY = [lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b, lambda a, 
           lambda a, b: a ** sympy.Rational(3, 2), lambda a, b: sympy.Max(a, b)]
 
 
+def _apply(parts):
+    """f(*args), or None where sympy itself refuses (Max of a complex number, ...)."""
+    f, *args = parts
+    try:
+        return f(*args)
+    except (ValueError, TypeError, ZeroDivisionError):
+        return None
+
+
 def _extend(children):
     unary = st.tuples(st.sampled_from(SUPPORTED_FUNCTIONS * 3 + OTHER_FUNCTIONS), children)
     binary = st.tuples(st.sampled_from(BINARY), children, children)
-    return st.one_of(unary.map(lambda t: t[0](t[1])), binary.map(lambda t: t[0](t[1], t[2])))
+    return st.one_of(unary, binary).map(_apply).filter(lambda e: e is not None)
 
 
 sympy_exprs = st.recursive(sympy_leaves, _extend, max_leaves=6)
