@@ -36,6 +36,7 @@ ABSOLUTE_TOLERANCE = 1e-10
 SAMPLED_FINALISTS = 5         # best sampled formulas that compete with the front
 SEEDING_SHARE = 0.35          # of max_time, for sampling the seeds
 PROPOSALS_PER_TARGET = 16     # model samples per proposal request
+PROPOSAL_TOKENS = 96          # longest proposal, in tokens (about the search's 32 nodes)
 DEFAULT_GENERATIONS = 40      # when neither generations nor max_time is given
 SOURCE_SAMPLE = "model sample"
 SOURCE_BASELINE = "baseline"
@@ -70,11 +71,15 @@ class ModelProposer:
     returned in the user's units."""
 
     def __init__(self, loaded: LoadedModel, problems: list[Problem], rows: list[Rows],
-                 settings: pipeline.Settings, clock: pipeline.Clock):
+                 settings: pipeline.Settings):
         self.loaded, self.problems, self.rows = loaded, problems, rows
+        # Proposals longer than the search's formulas are dropped anyway: decoding fewer
+        # tokens makes each call (whose cost is its number of steps) shorter.
         self.settings = dataclasses.replace(settings, n_candidates=PROPOSALS_PER_TARGET,
-                                            decoding="sampling")
-        self.clock = clock
+                                            decoding="sampling",
+                                            max_len=min(settings.max_len, PROPOSAL_TOKENS))
+        # One decoding call for all requests: a call costs about the same for 2 bags or 8.
+        self.clock = pipeline.Clock(None, 0)
         self.calls = 0
 
     def __call__(self, requests, seed: int) -> list[list[Expr]]:
@@ -122,7 +127,7 @@ def run(problems: list[Problem], loaded: LoadedModel, settings: pipeline.Setting
             [(p.user_units(r.search), p.y[r.search], p.weight[r.search])
              for p, r in zip(problems, rows)],
             seeds=sampled, settings=_search_settings(settings, clock, loaded.max_features),
-            proposer=(ModelProposer(loaded, problems, rows, settings, clock)
+            proposer=(ModelProposer(loaded, problems, rows, settings)
                       if settings.model_proposals and settings.seeds == "model"
                       and not loaded.untrained else None),
             seed_origin=MODEL_SAMPLE)

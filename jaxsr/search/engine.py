@@ -300,10 +300,12 @@ class _Search:
         self.pool_start = np.cumsum([0] + [p.size for p in pools])[:-1]
         self.pool_size = np.array([p.size for p in pools])
         self.rates = self._rates()
-        # a + b f adds 4 nodes and 2 constants to the longest f; proposals f + g, f * g
-        # are at most max_length long too (longer ones are dropped before refinement).
+        # a + b f adds 4 nodes and 2 constants to the longest f (proposals f + g, f * g
+        # longer than max_length are dropped before refinement). Operator capacity is an
+        # average per formula: half the bound covers typical batches, and a batch of long
+        # formulas compiles one larger variant.
         bound = 1 << (settings.max_length + 4 - 1).bit_length()
-        self.refine_size = ProgramSize(ops=bound, constants=bound, depth=bound)
+        self.refine_size = ProgramSize(ops=bound // 4, constants=bound, depth=bound)
 
     def _rates(self) -> np.ndarray:
         p = self.settings.rates.probabilities()
