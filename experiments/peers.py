@@ -659,6 +659,11 @@ def build_parser():
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
                         help="combine the results of these folders (e.g. shards) into --out "
                              "instead of running")
+    parser.add_argument("--rows", type=int, default=None,
+                        help=f"Feynman rows generated per problem (default {PMLB_ROWS:,}, as "
+                             "PMLB; fewer make a long run cheaper: 75%% train, 25%% test)")
+    parser.add_argument("--symbolic-timeout", type=float, default=None,
+                        help="seconds of sympy per formula for the symbolic check (default 10)")
     return parser
 
 
@@ -667,6 +672,10 @@ def run_settings(args) -> RunSettings:
     changes = {"threads": args.threads, "model": args.model, "jaxsr_overrides": overrides}
     if args.budget is not None:
         changes["budget"] = args.budget
+    if args.rows is not None:
+        changes["n_rows"] = args.rows
+    if args.symbolic_timeout is not None:
+        changes["symbolic_timeout"] = args.symbolic_timeout
     return RunSettings.quick(**changes) if args.quick else RunSettings(**changes)
 
 

@@ -121,12 +121,12 @@ def run(problems: list[Problem], loaded: LoadedModel, settings: pipeline.Setting
     """Seeds, evolves and chooses for all ``problems`` at once."""
     rows = [Rows.split(p) for p in problems]
     training = [dataclasses.replace(p, fit_rows=r.train) for p, r in zip(problems, rows)]
-    sampled, counts, dropped = _seeds(training, loaded, settings, clock)
+    sampled, as_written, counts, dropped = _seeds(training, loaded, settings, clock)
     with clock.stage("search"):
         result = evolve(
             [(p.user_units(r.search), p.y[r.search], p.weight[r.search])
              for p, r in zip(problems, rows)],
-            seeds=sampled, settings=_search_settings(settings, clock, loaded.max_features),
+            seeds=[a + b for a, b in zip(sampled, as_written)], settings=_search_settings(settings, clock, loaded.max_features),
             proposer=(ModelProposer(loaded, problems, rows, settings)
                       if settings.model_proposals and settings.seeds == "model"
                       and not loaded.untrained else None),
@@ -146,20 +146,24 @@ def run(problems: list[Problem], loaded: LoadedModel, settings: pipeline.Setting
 
 
 def _seeds(training, loaded, settings, clock):
-    """The model's refined samples per problem, best first (none with seeds="random")."""
+    """Per problem, the model's samples refined in the user's units, best first, and the
+    same samples as the model wrote them (formulas of the standardised features, read as
+    formulas of the raw ones: the unscaled forms are often too long for the search, while
+    these keep the model's skeleton for refinement to fit). None with seeds="random"."""
     counts = [pipeline.new_counts() for _ in training]
     dropped = [Counter() for _ in training]
     if settings.seeds != "model":
-        return [[] for _ in training], counts, dropped
+        return [[] for _ in training], [[] for _ in training], counts, dropped
     with clock.until(None if settings.max_time is None
                      else SEEDING_SHARE * settings.max_time):
-        pool, counts, dropped = pipeline.sample(training, loaded, settings, clock)
-    sampled = []
+        pool, counts, dropped, as_written = pipeline.sample(training, loaded, settings, clock)
+    sampled, written = [], []
     for i in range(len(training)):
         mine = np.flatnonzero(pool.problem == i)
         mine = mine[np.argsort(-np.nan_to_num(pool.r2[mine], nan=-np.inf), kind="stable")]
         sampled.append([pool.exprs[j] for j in mine])
-    return sampled, counts, dropped
+        written.append([as_written[j] for j in mine])
+    return sampled, written, counts, dropped
 
 
 def _search_settings(settings: pipeline.Settings, clock: pipeline.Clock,
