@@ -302,7 +302,7 @@ class _Search:
         self.rates = self._rates()
         # a + b f adds 4 nodes and 2 constants to the longest f (proposals f + g, f * g
         # longer than max_length are dropped before refinement). Operator capacity is an
-        # average per formula: half the bound covers typical batches, and a batch of long
+        # average per formula: a quarter of the bound covers typical batches, and a batch of long
         # formulas compiles one larger variant.
         bound = 1 << (settings.max_length + 4 - 1).bit_length()
         self.refine_size = ProgramSize(ops=bound // 4, constants=bound, depth=bound)
@@ -364,10 +364,12 @@ class _Search:
         children = self.offspring(population)
         population = self.survive(_Population.concatenate([population, children]))
         s = self.settings
-        if s.refine_top and generation % s.refine_every == 0:
+        # Refinement and proposals are the long steps of a generation: skipped once time is
+        # up, so that max_time is overrun by at most one scoring call.
+        if s.refine_top and generation % s.refine_every == 0 and not self.clock.out_of_time():
             population = self.refine(population)
         if self.proposer is not None and s.proposal_every and \
-                (generation + 1) % s.proposal_every == 0:
+                (generation + 1) % s.proposal_every == 0 and not self.clock.out_of_time():
             population = self.survive(self.propose(population))
         return population
 
@@ -405,23 +407,25 @@ class _Search:
         return child, ok
 
     def _apply(self, name, parents, mates, problem):
-        rng = self.rng
-        if name == "crossover":
-            return variation.crossover(rng, parents, mates)
-        if name == "subtree":
-            draw = (rng.random(len(problem)) * self.pool_size[problem]).astype(int)
-            fresh = self.pool.take(self.pool_start[problem] + draw)
-            return variation.subtree_mutation(rng, parents, fresh)
-        if name == "point":
-            return variation.point_mutation(rng, parents, self.alphabet,
-                                            self.n_variables[problem])
-        if name == "constants":
-            return variation.jitter_constants(rng, parents)
-        if name == "insert_unary":
-            return variation.insert_unary(rng, parents, self.alphabet)
-        if name == "remove_unary":
-            return variation.remove_unary(rng, parents)
-        return variation.hoist(rng, parents)
+        """Variation ``name`` on rows whose mates and problems are given."""
+        rng, alphabet = self.rng, self.alphabet
+        table = {
+            "crossover": lambda: variation.crossover(rng, parents, mates),
+            "subtree": lambda: variation.subtree_mutation(rng, parents,
+                                                          self._fresh_trees(problem)),
+            "point": lambda: variation.point_mutation(rng, parents, alphabet,
+                                                      self.n_variables[problem]),
+            "constants": lambda: variation.jitter_constants(rng, parents),
+            "insert_unary": lambda: variation.insert_unary(rng, parents, alphabet),
+            "remove_unary": lambda: variation.remove_unary(rng, parents),
+            "hoist": lambda: variation.hoist(rng, parents),
+        }
+        return table[name]()
+
+    def _fresh_trees(self, problem: np.ndarray) -> Genomes:
+        """One random tree per row from its problem's pool."""
+        draw = (self.rng.random(len(problem)) * self.pool_size[problem]).astype(int)
+        return self.pool.take(self.pool_start[problem] + draw)
 
     def survive(self, population: _Population) -> _Population:
         keep = selection.unique_best(population.genomes.skeleton_keys(), population.problem,
