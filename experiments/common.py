@@ -204,7 +204,7 @@ def describe_model(spec: str) -> dict:
     from jaxsr.weights.format import FALLBACK_CONFIG, default_model_path
 
     if spec == "default" and default_model_path() is None:
-        return {"spec": spec, "kind": "no default model ships yet: the regressor uses the "
+        return {"spec": spec, "kind": "the default model is missing: the regressor uses the "
                                       f"untrained {FALLBACK_CONFIG!r} config (random weights)"}
     if spec in CONFIGS:
         return {"spec": spec, "kind": "config with random weights (untrained)",

@@ -34,10 +34,41 @@ def _info(args: argparse.Namespace) -> int:
     for device in jax.devices():
         print(f"  device {device.id}: {device.device_kind} ({device.platform})")
     print(f"operators: {', '.join(op.name for op in operators.FUNCTIONS)}")
-    print("models: none bundled yet (a trained default model ships with a later release)")
+    shipped = _shipped_models()
+    if shipped:
+        print("models (shipped with the package; model card: docs/model_card.md):")
+        for line in shipped:
+            print(f"  {line}")
+    else:
+        print("models: none shipped in this installation (jaxsr/weights/default is missing, so "
+              "model='default' falls back to the untrained 'tiny' config)")
     if args.config is not None:
         return _print_model_info(args.config)
     return 0
+
+
+def _shipped_models() -> list[str]:
+    """One line per model inside the package: name, architecture, parameters, size on disk.
+
+    Reads only model.json and file sizes, so ``jaxsr info`` stays fast (no arrays loaded).
+    """
+    from jaxsr.model import param_counts
+    from jaxsr.weights import WeightsFormatError, read_weights_config
+    from jaxsr.weights.format import default_model_path
+
+    path = default_model_path()
+    if path is None:
+        return []
+    try:
+        config, meta = read_weights_config(path)
+    except (WeightsFormatError, OSError) as err:
+        return [f"default: unreadable ({err})"]
+    n_params = meta.get("n_parameters") or param_counts(config)["total"]
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    source = meta.get("metadata", {}).get("source", {})
+    arch = source.get("train_config", {}).get("model")
+    arch_text = f"'{arch}' architecture, " if arch else ""
+    return [f"default: {arch_text}{n_params:,} parameters, {size / 1e6:.1f} MB on disk ({path})"]
 
 
 def _print_model_info(spec: str) -> int:

@@ -15,10 +15,18 @@ from jaxsr.metrics import accuracy_tau, r2_score
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_info_prints_version_devices_and_models(capsys):
+def test_info_lists_the_shipped_model(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "jaxsr " in out and "device 0" in out and "models:" in out
+    assert "jaxsr " in out and "device 0" in out
+    # The figures are read from the shipped files themselves, so retraining the default
+    # model does not break the test, but a stale "none shipped" line does.
+    shipped = ROOT / "jaxsr" / "weights" / "default"
+    n_params = json.loads((shipped / "model.json").read_text())["n_parameters"]
+    size = sum(f.stat().st_size for f in shipped.iterdir() if f.is_file())
+    line = next(line for line in out.splitlines() if line.strip().startswith("default:"))
+    assert f"{n_params:,} parameters" in line and f"{size / 1e6:.1f} MB" in line, line
+    assert "docs/model_card.md" in out and "none shipped" not in out
 
 
 def test_demo_refines_every_strogatz_formula(capsys):

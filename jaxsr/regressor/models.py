@@ -34,7 +34,7 @@ class LoadedModel:
     decoding: dict        # the weights' decoding defaults (beam_temperature, ...)
     label: str            # e.g. "tiny (random weights, untrained)"
     untrained: bool
-    stands_in_for_default: bool  # "default" was asked for, but none ships yet
+    stands_in_for_default: bool  # "default" was asked for, but this installation lacks it
 
     @property
     def max_features(self) -> int:
@@ -49,7 +49,7 @@ class LoadedModel:
 
 
 def is_untrained(spec) -> bool:
-    """Whether ``spec`` names random weights (a config name, or "default" while none ships),
+    """Whether ``spec`` names random weights (a config name, or "default" when it is missing),
     without loading anything."""
     if spec == "default":
         return default_model_path() is None
@@ -68,7 +68,7 @@ def resolve(spec: str | os.PathLike) -> LoadedModel:
     loaded = _load(*_cache_key(spec))
     if loaded.stands_in_for_default:
         warnings.warn(
-            f"no trained default model ships with this jaxsr yet: using {loaded.label}. Its "
+            f"no trained default model in this installation: using {loaded.label}. Its "
             "formulas are random, so expect the flagged linear or mean fallback; pass "
             "model=PATH to a weights directory for real results.",
             UntrainedModelWarning, stacklevel=3)
@@ -103,7 +103,7 @@ def _load(spec: str, stamp: float) -> LoadedModel:
         label = f"{meta['random_init']['config']} (random weights, untrained)"
         if stands_in:
             label = (f"{FALLBACK_CONFIG} (random weights, untrained; standing in for the "
-                     "default model, which does not ship yet)")
+                     "default model, which this installation lacks)")
     elif spec == "default":
         label = f"default ({default_model_path()})"
     else:

@@ -46,8 +46,9 @@ DEFAULT_DECODING = {
 }
 
 
-# The trained model that ships inside the package (issue 10), in this format. Until it does,
-# "default" stands for the random-init FALLBACK_CONFIG, with a warning.
+# The trained model that ships inside the package, in this format (docs/model_card.md). An
+# installation without it (e.g. a stripped copy) still works: "default" then stands for the
+# random-init FALLBACK_CONFIG, with a warning.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
 FALLBACK_CONFIG = "tiny"
 
@@ -155,14 +156,14 @@ def read_weights_config(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
 
 
 def default_model_path() -> Path | None:
-    """The directory of the shipped default model, or None while none ships."""
+    """The directory of the shipped default model, or None when this installation lacks it."""
     return DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / META_FILE).is_file() else None
 
 
 def load_model(spec: str | os.PathLike, seed: int = 0) -> Weights:
     """A model by config name (``paper``/``small``/``tiny``: random weights, for training or
     tests), by path (a directory written by ``save_weights`` or ``jaxsr convert``), or
-    ``"default"``: the shipped default model; while none ships, the random-init
+    ``"default"``: the shipped default model; when it is missing, the random-init
     ``FALLBACK_CONFIG`` with an ``UntrainedModelWarning`` (``metadata["fallback_for"]`` says so).
     """
     from jaxsr.model.config import CONFIGS, get_config
@@ -173,9 +174,10 @@ def load_model(spec: str | os.PathLike, seed: int = 0) -> Weights:
         if path is not None:
             return load_weights(path)
         warnings.warn(
-            f"no trained default model ships with this jaxsr yet: using the untrained "
-            f"{FALLBACK_CONFIG!r} config with random weights instead: it has learned nothing, so its formulas are "
-            "random. Pass a weights directory to use trained weights.",
+            f"no trained default model in this installation ({DEFAULT_MODEL_DIR} is missing): "
+            f"using the untrained {FALLBACK_CONFIG!r} config with random weights instead: it has "
+            "learned nothing, so its formulas are random. Pass a weights directory to use "
+            "trained weights.",
             UntrainedModelWarning, stacklevel=2)
         weights = load_model(FALLBACK_CONFIG, seed)
         return dataclasses.replace(weights, metadata={**weights.metadata,
