@@ -26,19 +26,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import jaxsr.datasets
 from jaxsr.fileio import atomic_write
 from jaxsr.weights import UntrainedModelWarning
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The shared benchmark data live beside the repository, never inside it.
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+# The Feynman lists and Strogatz files ship inside the package (jaxsr/datasets), laid out as
+# --data expects (feynman/, strogatz/), so a fresh clone runs every experiment with nothing
+# beside it; --data still points at another copy.
+DEFAULT_DATA = Path(jaxsr.datasets.__file__).resolve().parent
 # Distributions whose versions go into every provenance record.
 LIBRARIES = ("jaxsr-e2e", "jax", "jaxlib", "flax", "optax", "jaxopt", "numpy", "scipy", "sympy",
              "scikit-learn", "pandas", "matplotlib")
 
 
 class DataNotFoundError(FileNotFoundError):
-    """The shared benchmark data are not where ``--data`` points."""
+    """The benchmark data are not where ``--data`` points."""
 
 
 def data_file(data_dir: str | os.PathLike, *parts: str) -> Path:
@@ -47,11 +50,11 @@ def data_file(data_dir: str | os.PathLike, *parts: str) -> Path:
     path = Path(data_dir).joinpath(*parts)
     if not path.exists():
         raise DataNotFoundError(
-            f"benchmark data not found: {path} does not exist. The harness reads the shared data "
-            f"folder given by --data (default: ../shared/data beside the repository, i.e. "
-            f"{DEFAULT_DATA}), which must hold feynman/FeynmanEquations.csv, "
-            f"feynman/BonusEquations.csv and strogatz/d_*.txt (see that folder's README.md). "
-            f"The data are not part of the repository: pass --data /path/to/shared/data.")
+            f"benchmark data not found: {path} does not exist. The harness reads the data "
+            f"folder given by --data (default: the copies bundled with jaxsr, {DEFAULT_DATA}), "
+            f"which must hold feynman/FeynmanEquations.csv, feynman/BonusEquations.csv and "
+            f"strogatz/d_*.txt (docs/data.md, section \"Bundled ground-truth data\"). Leave "
+            f"--data out to use the bundled copies.")
     return path
 
 
@@ -78,7 +81,8 @@ def parser(description: str, *, data: bool = False) -> argparse.ArgumentParser:
                         "temperature=0.5 max_number_bags=4 (fields of FitSettings)")
     if data:
         p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                       help="the shared benchmark data folder (feynman/, strogatz/)")
+                       help="the benchmark data folder (feynman/, strogatz/); default: the "
+                            "copies bundled with jaxsr")
     return p
 
 

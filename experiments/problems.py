@@ -1,4 +1,5 @@
-"""SRBench's ground-truth problems, rebuilt from the shared data folder.
+"""SRBench's ground-truth problems, rebuilt from the data bundled in ``jaxsr/datasets`` (or the
+folder ``--data`` names, laid out the same way).
 
 - **Feynman** (119 problems): PMLB's tables are Git LFS pointers, so the data are regenerated the
   way AI Feynman and PMLB made them: each variable uniform in its range, ``n_rows`` rows
@@ -7,10 +8,10 @@
   because PMLB has no table for it, which leaves SRBench's 119.
 - **Strogatz** (14 problems): the real ``strogatz/d_<name>.txt`` files (about 400 rows each).
 
-Then SRBench's protocol (anchors.md 2.1): a 75/25 train/test split seeded by the trial seed
-(``sklearn.model_selection.train_test_split``), the training set capped at 10,000 rows by
-random subsampling (without replacement), and additive Gaussian noise of standard deviation
-``noise * RMS(y_train)`` on the training targets only. y is not standardised (the authors'
+Then SRBench's protocol (docs/anchors.md section 2.1): a 75/25 train/test split seeded by the
+trial seed (``sklearn.model_selection.train_test_split``), the training set capped at 10,000
+rows by random subsampling (without replacement), and additive Gaussian noise of standard
+deviation ``noise * RMS(y_train)`` on the training targets only. y is not standardised (the authors'
 ``evaluate_pmlb`` feeds raw y too).
 
 Randomness: a Feynman table depends only on the problem (like a fixed PMLB file); the split,

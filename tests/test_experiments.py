@@ -20,8 +20,8 @@ from experiments.problems import evaluate_formula, load_problems, select_names
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """A data folder laid out like ../shared/data, built from the copies bundled with jaxsr, so
-    these tests run on a checkout without the shared folder."""
+    """A copy of the bundled data in a folder of its own, so these tests exercise ``--data``
+    (any folder laid out as feynman/ and strogatz/), not only the default."""
     bundled = importlib.resources.files("jaxsr.datasets")
     root = tmp_path_factory.mktemp("data")
     for family in ("feynman", "strogatz"):
@@ -103,6 +103,15 @@ def test_problem_selection(data_dir):
         "feynman_I_6_2a", "strogatz_lv1"]
     with pytest.raises(ValueError, match="match no problem"):
         select_names(names, ["feynman_nope"])
+
+
+def test_the_default_data_are_the_bundled_copies():
+    # A fresh clone has nothing beside it: without --data the harness must find every
+    # problem inside the package.
+    args = common.parser("test", data=True).parse_args(["--out", "unused"])
+    assert args.data == common.DEFAULT_DATA
+    assert common.DEFAULT_DATA == Path(importlib.resources.files("jaxsr.datasets"))
+    assert len(problems.all_problem_names(args.data)) == 133
 
 
 def test_a_missing_data_folder_is_named_in_the_error(tmp_path):

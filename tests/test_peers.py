@@ -22,7 +22,7 @@ from experiments import peers, threads  # noqa: E402
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """A data folder laid out like ../shared/data, from the copies bundled with jaxsr."""
+    """A data folder for ``--data``, copied from the data bundled with jaxsr."""
     bundled = importlib.resources.files("jaxsr.datasets")
     root = tmp_path_factory.mktemp("data")
     for family in ("feynman", "strogatz"):
