@@ -26,7 +26,7 @@ import numpy as np
 from jaxsr.expr import compile_programs, evaluate_programs
 from jaxsr.expr.random_trees import random_expr
 
-# Reference generator weights (reference.md 1.1), as repetitions for uniform draws.
+# Reference generator weights (docs/reference.md 2.1), as repetitions for uniform draws.
 UNARY = (("abs",) * 5 + ("inv",) * 15 + ("sqrt",) * 25 + ("log",) * 5 + ("exp",) * 5
          + ("sin",) * 5 + ("cos",) * 5 + ("tan", "arctan") + ("pow2",) * 15 + ("pow3",) * 5)
 BINARY = ("add", "sub", "mul")

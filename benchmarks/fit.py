@@ -1,9 +1,10 @@
 """Benchmark: seconds per problem, stage by stage, of the regressor's pipeline.
 
-Workload (issue 8): one problem of 200 points (a seeded subset of the Strogatz system
-``lv1``, two features), one bag of 200 points, the ``paper`` config with random weights,
-sampling at the weights' default temperature, refinement of every unique candidate (at
-most 50 L-BFGS iterations, float64), for n_candidates = 10 and 1000.
+Workload (the one the regressor's target of 5 s per problem is set on): one problem of 200
+points (a seeded subset of the Strogatz system ``lv1``, two features), one bag of 200 points,
+the ``paper`` config with random weights, sampling at the weights' default temperature,
+refinement of every unique candidate (at most 50 L-BFGS iterations, float64), for
+n_candidates = 10 and 1000.
 
 - encode, decode, parse: the regressor's own stages on the random model. Random weights
   almost never emit ``<EOS>``, so every sequence runs to ``max_len`` (200 for n = 10; for
@@ -129,7 +130,7 @@ def settings(args) -> list[tuple[str, int, int, str | None]]:
     if 10 in args.candidates and args.proxy_len:
         out.append((f"10_len{args.proxy_len}", 10, args.proxy_len,
                     (f"max_len {args.proxy_len}: the length a trained model's formulas "
-                     "average (reference.md section 10), so decoding costs what it would with "
+                     "average (docs/reference.md 5.5), so decoding costs what it would with "
                      "trained weights; compare with the reference's ~24 s for this work")))
     return out
 

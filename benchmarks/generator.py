@@ -4,7 +4,7 @@ with all cores, against the reference generator.
     python benchmarks/generator.py --json
     python benchmarks/generator.py --json --reference /path/to/symbolicregression-checkout
 
-The reference figure is reference.md 1.1: about 11 ms per expression on one CPU core, i.e.
+The reference figure is docs/reference.md 2.3: about 11 ms per expression on one CPU core, i.e.
 90 samples/s. With ``--reference`` the reference generator's own code (a checkout of
 facebookresearch/symbolicregression) is also timed in this process, on the same machine, and
 the measured ratio is reported beside the stated one.
@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from jaxsr.data import Generator, GeneratorConfig, batches  # noqa: E402
 
-REFERENCE_SAMPLES_PER_SECOND = 90  # reference.md 1.1: ~11 ms per expression, one core
+REFERENCE_SAMPLES_PER_SECOND = 90  # docs/reference.md 2.3: ~11 ms per expression, one core
 
 
 def time_samples(seconds: float, seed: int = 0) -> dict:
@@ -172,7 +172,7 @@ def main(argv=None) -> dict:
         "benchmark": "generator",
         "samples_per_second_per_core": round(single["samples_per_second"], 1),
         "reference_samples_per_second": REFERENCE_SAMPLES_PER_SECOND,
-        "reference_source": "reference.md 1.1: ~11 ms per expression on one CPU core",
+        "reference_source": "docs/reference.md 2.3: ~11 ms per expression on one CPU core",
         "speedup_vs_reference": round(single["samples_per_second"]
                                       / REFERENCE_SAMPLES_PER_SECOND, 2),
         "batches_per_second_all_cores": round(many["batches_per_second"], 2),

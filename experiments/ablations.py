@@ -92,7 +92,7 @@ class Settings:
 
 
 def with_noise(y: np.ndarray, eps: float, rng: np.random.Generator) -> np.ndarray:
-    """y (1 + eps xi), xi ~ N(0, 1): the paper's multiplicative noise (anchors.md 1.3)."""
+    """y (1 + eps xi), xi ~ N(0, 1): the paper's multiplicative noise (docs/anchors.md 1.3)."""
     return y * (1.0 + eps * rng.standard_normal(len(y)))
 
 
@@ -215,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         texts.append(common.write_table(table, out, name, title=PANELS[name][0]))
         plot_panel(name, table, out / f"{name}.png", model_label)
     header = (f"# Ablations ({model_label}, {settings.n_problems} validation functions)\n\n"
-              "Paper trends to compare (anchors.md 1.3; figure values not available): accuracy "
-              "falls with more unary/binary operators and dimensions, rises with N, falls with "
-              "sigma but stays decent up to 32; without refinement E2E is not robust to noise, "
-              "refinement restores it.\n")
+              "Paper trends to compare (docs/anchors.md 1.3; figure values not available): "
+              "accuracy falls with more unary/binary operators and dimensions, rises with N, "
+              "falls with sigma but stays decent up to 32; without refinement E2E is not robust "
+              "to noise, refinement restores it.\n")
     (out / "ablations.md").write_text(header + "\n" + "\n".join(texts))
     common.write_provenance(out, "ablations", args, dataclasses.asdict(settings),
                             wall_seconds=clock.seconds)

@@ -1,6 +1,6 @@
 """In-domain evaluation machinery shared by ``in_domain.py`` and ``ablations.py``.
 
-The validation set is drawn from jaxsr's generator (reference.md 6.2): evaluation samples with
+The validation set is drawn from jaxsr's generator (docs/reference.md 6.2): evaluation samples with
 200 fit points and, for every extrapolation scale sigma, 200 test points from the same
 multimodal input distribution (sigma = 1 is the in-domain test set). As in the reference, an
 expression enters the set only if it is defined on all of them. A problem shown with N < 200

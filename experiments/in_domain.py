@@ -1,4 +1,4 @@
-"""In-domain evaluation: the paper's Table 2 (reference.md 6.2, anchors.md 1.1).
+"""In-domain evaluation: the paper's Table 2 (docs/reference.md 6.2, docs/anchors.md 1.1).
 
 A seeded validation set from jaxsr's generator; each function is fitted with N = 50, 100, 150
 and 200 points and scored on 200 fresh test points from the same input distribution. Columns:
@@ -40,7 +40,7 @@ from experiments.evaluation import (
 from jaxsr.data import GeneratorConfig
 
 POINT_COUNTS = (50, 100, 150, 200)
-# anchors.md 1.1: Table 2 of the paper (metrics over its 10,000 validation examples).
+# docs/anchors.md 1.1: Table 2 of the paper (metrics over its 10,000 validation examples).
 PAPER_TABLE2 = pd.DataFrame(
     [("Skeleton + BFGS", 0.43, 0.40, 0.27, 0.17),
      ("E2E no BFGS", 0.62, 0.51, 0.27, 0.09),
@@ -58,7 +58,7 @@ COLUMNS = {"r2_zero": "R2", "acc_0.1": "Acc_0.1", "acc_0.01": "Acc_0.01",
 class Settings:
     """What an in-domain run does; ``quick()`` is the CI-sized version."""
 
-    n_problems: int = 10_000          # the paper's validation set size (anchors.md 1.1)
+    n_problems: int = 10_000          # the paper's validation set size (docs/anchors.md 1.1)
     point_counts: tuple[int, ...] = POINT_COUNTS
     fit: common.FitSettings = dataclasses.field(
         default_factory=lambda: common.FitSettings(max_number_bags=1, n_candidates=10))
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     label = common.model_label(args.model)
     note = (f"{settings.n_problems} validation functions x N in {settings.point_counts}, 200 "
             f"test points each; R2 is the mean of R2 clipped at 0, a failed fit counting 0. "
-            f"Model: {label}. Paper: anchors.md 1.1 (its 10,000 validation examples, the "
+            f"Model: {label}. Paper: docs/anchors.md 1.1 (its 10,000 validation examples, the "
             f"released 86M-parameter model).")
     text = common.write_table(table2(results), out, "table2",
                               title="In-domain accuracy (paper Table 2 protocol)", note=note)

@@ -12,7 +12,7 @@ with ``fit_many``, so a problem's time is its batch's wall time divided by the b
 
 Writes ``srbench_results.csv`` (one row per problem, noise and seed), ``summary.csv``/``.md``
 (per family and noise level) beside ``anchors.csv``/``.md`` (other methods' published
-figures, anchors.md 2.1 and 5), and ``provenance.json``.
+figures, docs/anchors.md 2.1 and 3), and ``provenance.json``.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from experiments.problems import (
 from jaxsr.metrics import check_symbolic_solution, complexity, r2_score
 
 NAN = math.nan
-# Published figures (anchors.md): method, family, noise, R2>0.99, R2>0.999, symbolic %.
-# TPSR (E2E + MCTS decoding): computed from its released per-problem CSVs (anchors.md 5).
-# SRBench v2.0: read from its ground-truth figures, about +-0.02 (anchors.md 2.1).
+# Published figures (docs/anchors.md): method, family, noise, R2>0.99, R2>0.999, symbolic %.
+# TPSR (E2E + MCTS decoding): computed from its released per-problem CSVs (docs/anchors.md 3).
+# SRBench v2.0: read from its ground-truth figures, about +-0.02 (docs/anchors.md 2.1).
 ANCHORS = pd.DataFrame([
     ("TPSR (E2E + MCTS)", "feynman", 0.0, 0.950, 0.714, NAN),
     ("TPSR (E2E + MCTS)", "feynman", 0.001, 0.941, 0.697, NAN),
@@ -71,7 +71,7 @@ ANCHORS = pd.DataFrame([
     ("DSR (SRBench v2.0)", "strogatz", 0.0, NAN, 0.14, 19.6),
 ], columns=["method", "family", "noise", "R2>0.99", "R2>0.999", "symbolic %"])
 ANCHOR_NOTE = ("E2E itself: the paper gives no numbers in its text; its Figure 5 ranks E2E 4th "
-               "on Feynman accuracy (R2 > 0.99), behind Operon and SBP-GP (anchors.md 1.4). "
+               "on Feynman accuracy (R2 > 0.99), behind Operon and SBP-GP (docs/anchors.md 1.4). "
                "SRBench 2025 measured E2E at median R2 about 0.30 on 12 black-box sets.")
 QUICK_PROBLEMS = ("feynman_I_6_2a", "feynman_I_12_1", "strogatz_lv1")
 
@@ -80,7 +80,7 @@ QUICK_PROBLEMS = ("feynman_I_6_2a", "feynman_I_12_1", "strogatz_lv1")
 class Settings:
     """What a ground-truth run does; ``quick()`` is the CI-sized version."""
 
-    # The authors' evaluate_pmlb: 10 bags of 200 points, 10 candidates (reference.md 8).
+    # The authors' evaluate_pmlb: 10 bags of 200 points, 10 candidates (docs/reference.md 6.3).
     fit: common.FitSettings = dataclasses.field(
         default_factory=lambda: common.FitSettings(max_number_bags=10, n_candidates=10))
     n_rows: int = PMLB_ROWS           # Feynman rows generated per problem (PMLB: 100,000)

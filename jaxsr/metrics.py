@@ -1,8 +1,9 @@
 """Scores of predictions and formulas: R2 (clipped or not), Acc_tau, the symbolic-solution check
 and complexity.
 
-Definitions follow the reference's ``symbolicregression/metrics.py`` (reference.md 6.1) for the
-numeric scores and SRBench's ``assess_symbolic_model.py`` for the symbolic check (anchors.md 2.1):
+Definitions follow the reference's ``symbolicregression/metrics.py`` (docs/reference.md 6.1)
+for the numeric scores and SRBench's ``assess_symbolic_model.py`` for the symbolic check
+(docs/anchors.md 2.1):
 
 - ``r2_zero``: R2 clipped at 0, the paper's in-domain "R2" column.
 - ``acc_tau``: 1 when at least 95% of the points have ``|y_pred - y| <= tau * |y|``.

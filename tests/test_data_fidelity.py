@@ -1,8 +1,8 @@
-"""Fidelity: the generator's distribution against the reference generator's (issue 3, item 4).
+"""Fidelity: the generator's distribution against the reference generator's.
 
 Two sets of reference numbers:
 
-* ``REFERENCE_MD``: reference.md section 1.1, measured on 300 samples of the reference code;
+* ``REFERENCE_DOC``: docs/reference.md section 2.3, measured on 300 samples of the reference code;
 * ``REFERENCE_RUN``: 12,000 samples of the reference code itself (facebookresearch/
   symbolicregression c4144c99, ``RandomFunctions`` with its default parameters, driven as
   ``environment.gen_expr(train=True)`` does, under ``np.seterr(all="raise")``, RandomState
@@ -30,8 +30,8 @@ N_SAMPLES = 3000
 Z_MAX = 4.0
 P_MIN = 1e-4
 
-# reference.md 1.1 (300 samples; the standard deviations are REFERENCE_RUN's).
-REFERENCE_MD = {
+# docs/reference.md 2.3 (300 samples; the standard deviations are REFERENCE_RUN's).
+REFERENCE_DOC = {
     "n": 300,
     "prefix_length": (60.0, 22.90),
     "n_unary_ops": (1.96, 1.409),
@@ -131,11 +131,11 @@ def test_sizes_given_the_dimension_match_the_reference_run(drawn, name):
     assert abs(z) < Z_MAX, f"{name}: {np.round(ours_means, 2)} vs {ref_means} (z={z:.2f})"
 
 
-@pytest.mark.parametrize("name", sorted(k for k in REFERENCE_MD if k != "n"))
-def test_means_match_reference_md(drawn, name):
-    mean, sd = REFERENCE_MD[name]
-    z = _z(drawn[name].astype(float), mean, sd, REFERENCE_MD["n"])
-    assert abs(z) < Z_MAX, f"{name}: ours {drawn[name].mean():.3f} vs reference.md {mean}"
+@pytest.mark.parametrize("name", sorted(k for k in REFERENCE_DOC if k != "n"))
+def test_means_match_reference_doc(drawn, name):
+    mean, sd = REFERENCE_DOC[name]
+    z = _z(drawn[name].astype(float), mean, sd, REFERENCE_DOC["n"])
+    assert abs(z) < Z_MAX, f"{name}: ours {drawn[name].mean():.3f} vs docs/reference.md {mean}"
 
 
 def test_dimension_is_uniform_on_1_to_10(drawn):

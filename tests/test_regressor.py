@@ -1,4 +1,4 @@
-"""The sklearn regressor (issue 8): results, exports, bad input and sklearn's own checks.
+"""The sklearn regressor: results, exports, bad input and sklearn's own checks.
 
 Two models keep this fast: the random ``tiny`` config (its sequences almost never parse,
 which exercises the flagged fallback), and ``toy``, tiny weights whose output bias restricts

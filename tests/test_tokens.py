@@ -14,10 +14,10 @@ def test_vocabulary_sizes_and_reference_ids():
     enc, dec = Vocab.encoder(), Vocab.decoder()
     assert len(tokens.encoder_vocab()) == len(enc) == 10_218
     assert len(tokens.decoder_vocab()) == len(dec) == 10_292
-    # Encoder ids read off the reference (reference.md 2.3).
+    # Encoder ids read off the reference (docs/reference.md 1.3).
     assert [enc[w] for w in ("<PAD>", "<INPUT_PAD>", "<OUTPUT_PAD>", "+", "-")] == [8, 6, 7, 15, 16]
     assert [enc[w] for w in ("E-100", "E0", "E100", "N0000")] == [19, 117, 120, 218]
-    # Decoder ids (reference.md 2.5): the later duplicate of a special word wins.
+    # Decoder ids (docs/reference.md 1.5): the later duplicate of a special word wins.
     assert dec.eos == 74 and dec.pad == 82
     expected = {"-1": 15, "-10": 16, "CONSTANT": 36, "abs": 41, "add": 42, "mul": 53,
                 "x_0": 63, "x_9": 72, "|": 73, "+": 89, "-": 90, "N0000": 292}

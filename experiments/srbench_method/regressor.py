@@ -22,7 +22,7 @@ import sympy
 
 from jaxsr import SymbolicTransformerRegressor
 
-# The paper's SRBench settings (anchors.md 1.4): 10 candidates per bag, sampling, in bags of as
+# The paper's SRBench settings (docs/anchors.md 1.4): 10 candidates per bag, sampling, in bags of as
 # many points as the model was trained on (200 for the paper's model, 100 for jaxsr's shipped
 # default); jaxsr refines every unique candidate (the reference refined the best 10 to 100).
 est = SymbolicTransformerRegressor(

@@ -4,7 +4,7 @@ How samples are grouped
 -----------------------
 Like the reference, a batch holds samples of similar size and at most ``tokens_per_batch``
 points, counting padding (batch size x padded N, the reference's ``collate_size_fn``). Unlike
-the reference (a random window of a sorted queue, reference.md 4.1) the padded shapes come
+the reference (a random window of a sorted queue, docs/reference.md 4.1) the padded shapes come
 from a small fixed set, so the train step compiles a bounded number of times:
 
 * every sample falls in a bucket (N_pad, T_pad): N_pad the smallest point bucket holding its

@@ -36,7 +36,7 @@ _VOCAB_MAX_ABS = 1e103
 class GeneratorConfig:
     """Knobs of the training-data generator; the defaults are the reference's.
 
-    Expressions (reference.md 1.1):
+    Expressions (docs/reference.md 2.1):
       seed: base seed; a sample depends only on (seed, index).
       min_input_dimension, max_input_dimension: d ~ U{min..max}; at most 10 (the vocabulary).
       min_unary_ops, max_unary_ops: unary budget u ~ U{min..max}.
@@ -59,7 +59,7 @@ class GeneratorConfig:
       required_operators: regenerate the tree until each of these appears (reference: off).
       operators_to_not_repeat: reject trees using any of these more than once (reference: off).
 
-    Points (reference.md 1.2):
+    Points (docs/reference.md 2.2):
       min_len_per_dim, max_len: training N ~ U{min(min_len_per_dim*d, max_len) .. max_len};
         evaluation samples use N = max_len.
       max_centroids: mixtures have U{1 .. max_centroids - 1} components.

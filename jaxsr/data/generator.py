@@ -104,7 +104,7 @@ class Headers(NamedTuple):
 
 
 class Generator:
-    """Draws samples with the reference's distribution (reference.md section 1).
+    """Draws samples with the reference's distribution (docs/reference.md section 2).
 
     >>> gen = Generator(GeneratorConfig(seed=0))
     >>> sample = gen.sample(0)

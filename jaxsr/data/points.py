@@ -1,4 +1,4 @@
-"""Input points: mixtures of rotated Gaussian or uniform clusters (reference.md 1.2).
+"""Input points: mixtures of rotated Gaussian or uniform clusters (docs/reference.md 2.2).
 
 One call draws a fresh mixture (means, variances, rotations, weights) and N points from it,
 then standardises every dimension over the N points and scales by ``scale``. All randomness

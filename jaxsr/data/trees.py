@@ -1,4 +1,4 @@
-"""Random expression trees with the reference's distribution (reference.md 1.1, steps 4-9).
+"""Random expression trees with the reference's distribution (docs/reference.md 2.1, steps 3-8).
 
 A tree is built in three passes, as the reference does:
 

@@ -1,7 +1,7 @@
 """Bundled ground-truth problems: Strogatz ODE systems and the Feynman formula lists.
 
-Sources and quirks are described in ``docs/data_sources.md``; the files are copies of the
-public data used by SRBench (see the README).
+Sources and quirks are described in docs/data.md ("Bundled ground-truth data"); the files are
+unmodified copies of the public data used by SRBench.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ STATUS_OK, STATUS_NON_FINITE, STATUS_NO_CONSTANTS = "ok", "non-finite", "no cons
 # and the batch shrinking as candidates finish (jaxsr/refine/batched.py); "jaxopt" and
 # "optax" vmap a library L-BFGS over all candidates in lock-step (jaxsr/refine/solvers.py).
 # benchmarks/refine.py measures the three side by side: see the README for why "batched"
-# is the default although the design card named jaxopt.
+# is the default although jaxopt is the usual choice for batched L-BFGS in JAX.
 SOLVERS = ("batched", "jaxopt", "optax")
 
 

@@ -36,7 +36,7 @@ RUN_CONTROL_FIELDS = frozenset({
 class TrainConfig:
     """Everything a training run needs; ``jaxsr.train.train(config)`` runs it.
 
-    The defaults are the reference's recipe (reference.md 4.2) for the ``paper`` model.
+    The defaults are the reference's recipe (docs/reference.md 4.2) for the ``paper`` model.
     """
 
     # Model: a named ModelConfig ("tiny", "small", "paper") and overrides of its fields.

@@ -1,4 +1,4 @@
-"""The reference's learning-rate schedule (``AdamInverseSqrtWithWarmup``, reference.md 4.2)."""
+"""The reference's learning rate, ``AdamInverseSqrtWithWarmup`` (docs/reference.md 4.2)."""
 
 from __future__ import annotations
 

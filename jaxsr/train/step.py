@@ -24,7 +24,7 @@ from flax import struct
 from jaxsr.model import E2EModel, ModelConfig, init_params
 from jaxsr.train import parallel
 
-# The reference's Adam (reference.md 4.2): bias-corrected, no weight decay.
+# The reference's Adam (docs/reference.md 4.2): bias-corrected, no weight decay.
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 
