@@ -22,6 +22,7 @@ import gzip
 import io
 import lzma
 import re
+import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -42,6 +43,7 @@ MISSING_WORDS = {"", "na", "n/a", "nan", "-nan", "null", "none", "<na>", "#n/a",
                  "1.#qnan", "nat"}
 _DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+\Z")
 _PARSER_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class DataError(ValueError):
@@ -56,9 +58,9 @@ def read_table(spec: str):
     path = _existing_file(spec)
     compression = _compression(path)
     head = _head_lines(path, compression)
-    sep = sniff_separator(head, SUFFIX_SEPARATORS.get(_plain_suffix(path)))
-    names = _header_names(path, head, sep)
-    table = _parse(path, compression, sep, names)
+    sep = sniff_separator([line for _, line in head], SUFFIX_SEPARATORS.get(_plain_suffix(path)))
+    names = _header_names(path, head[0], sep)
+    table = _parse(path, compression, sep, names, head)
     return _numeric(path, compression, sep, table)
 
 
@@ -139,8 +141,9 @@ _READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFil
                 NotImplementedError)
 
 
-def _head_lines(path: Path, compression: str | None) -> list[str]:
-    """The first non-blank lines (at most SNIFF_LINES), decoded, without a byte-order mark."""
+def _head_lines(path: Path, compression: str | None) -> list[tuple[int, str]]:
+    """The first non-blank lines (at most SNIFF_LINES) with their 1-based line numbers,
+    decoded, without a byte-order mark."""
     try:
         with _open_binary(path, compression) as f:
             raw = f.read(SNIFF_BYTES + 1)
@@ -157,10 +160,13 @@ def _head_lines(path: Path, compression: str | None) -> list[str]:
         text = decoder.decode(raw[:SNIFF_BYTES], final=not truncated)
     except UnicodeDecodeError as err:
         raise DataError(_not_utf8(path, err)) from None
-    lines = text.splitlines()
+    lines = _LINE_BREAK.split(text)  # as pandas splits (str.splitlines also splits at \x1c)
     if truncated and len(lines) > 1:
         lines = lines[:-1]  # possibly cut in the middle
-    return [line for line in lines if line.strip()][:SNIFF_LINES]
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()][:SNIFF_LINES]
+    if not numbered:
+        raise DataError(f"{path} is empty: it has only blank lines")
+    return numbered
 
 
 def _as_compressed(compression: str | None) -> str:
@@ -197,6 +203,10 @@ def sniff_separator(lines: list[str], preferred: str | None = None) -> str:
     return preferred or ","
 
 
+def _fields(line: str, sep: str) -> list[str]:
+    return line.split() if sep == WHITESPACE else _split(line, sep)
+
+
 def _split(line: str, sep: str) -> list[str]:
     """The fields of one line as the csv module splits them (quotes respected); the whole
     line where it cannot (a NUL byte, a field over the csv module's size limit)."""
@@ -215,8 +225,8 @@ def _consistent_fields(lines: list[str], split) -> int:
 # ---------------------------------------------------------------------------- header
 
 
-def _header_names(path: Path, head: list[str], sep: str) -> list[str]:
-    fields = head[0].split() if sep == WHITESPACE else _split(head[0], sep)
+def _header_names(path: Path, header: tuple[int, str], sep: str) -> list[str]:
+    line, fields = header[0], _fields(header[1], sep)
     names = [field.strip() for field in fields]
     limit = inputs.MAX_FEATURES + 1
     if len(names) > limit:
@@ -225,7 +235,7 @@ def _header_names(path: Path, head: list[str], sep: str) -> list[str]:
                         "inputs.MAX_FEATURES)")
     for i, name in enumerate(names):
         if not name:
-            raise DataError(f"{path}: column {i + 1} has no name in the header (line 1)")
+            raise DataError(f"{path}: column {i + 1} has no name in the header (line {line})")
     repeated = [name for name, n in Counter(names).items() if n > 1]
     if repeated:
         where = [i + 1 for i, name in enumerate(names) if name == repeated[0]]
@@ -237,21 +247,27 @@ def _header_names(path: Path, head: list[str], sep: str) -> list[str]:
 # ---------------------------------------------------------------------------- parsing
 
 
-def _parse(path: Path, compression: str | None, sep: str, names: list[str]):
+def _parse(path: Path, compression: str | None, sep: str, names: list[str],
+           head: list[tuple[int, str]]):
     """The table as pandas infers it (numbers as float/int columns), at most the row limit
     plus one row, so that a too-long file is detected without reading all of it."""
     import pandas as pd
 
     max_rows = inputs.max_rows_for(len(names) - 1)
     try:
-        table = pd.read_csv(
-            path, sep=sep, header=0, names=names, compression=compression,
-            encoding="utf-8-sig", nrows=max_rows + 1, skipinitialspace=True,
-            engine="c", index_col=False)
+        with warnings.catch_warnings():
+            # A first data row longer than the header would silently lose its extra fields.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(
+                path, sep=sep, header=0, names=names, compression=compression,
+                encoding="utf-8-sig", nrows=max_rows + 1, skipinitialspace=True,
+                engine="c", index_col=False)
+    except pd.errors.ParserWarning:
+        raise DataError(_longer_row_message(path, head, sep)) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path} is empty") from None
     except pd.errors.ParserError as err:
-        raise DataError(_parser_message(path, err)) from None
+        raise DataError(_parser_message(path, err, head[0][0])) from None
     except UnicodeDecodeError as err:
         raise DataError(_not_utf8(path, err)) from None
     except (*_READ_ERRORS, ValueError, ImportError) as err:
@@ -265,12 +281,22 @@ def _parse(path: Path, compression: str | None, sep: str, names: list[str]):
     return table
 
 
-def _parser_message(path: Path, err: Exception) -> str:
+def _longer_row_message(path: Path, head: list[tuple[int, str]], sep: str) -> str:
+    (header_line, header), *rows = head
+    expected = len(_fields(header, sep))
+    for number, line in rows:
+        if len(_fields(line, sep)) != expected:
+            return (f"{path}: line {number} has {len(_fields(line, sep))} fields but the "
+                    f"header (line {header_line}) has {expected}")
+    return f"{path}: a row has more fields than the header (line {header_line}) has names"
+
+
+def _parser_message(path: Path, err: Exception, header_line: int) -> str:
     match = _PARSER_FIELDS.search(str(err))
     if match:
         expected, line, saw = match.groups()
-        return (f"{path}: line {line} has {saw} fields but the header (line 1) has "
-                f"{expected}")
+        return (f"{path}: line {line} has {saw} fields but the header (line {header_line}) "
+                f"has {expected}")
     return f"{path}: cannot read it as a table: {str(err).strip()}"
 
 
@@ -315,7 +341,7 @@ def _check_row_length(path: Path, compression, sep: str, n_columns: int, row: in
         for i, line in enumerate(lines):
             if i == row:
                 line = line.rstrip("\r\n")
-                fields = len(line.split() if sep == WHITESPACE else _split(line, sep))
+                fields = len(_fields(line, sep))
                 if fields < n_columns:
                     raise DataError(f"{path}: row {row + 1} has {fields} field(s) but the "
                                     f"header has {n_columns}; rows count from 1 after the "
