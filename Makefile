@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-fast bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jaxsr needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
@@ -19,11 +19,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 venv: $(STAMP)
 
 # The main job: fit a formula to a bundled example with the default model.
+# --max-time bounds the whole fit (sampling, search, choice): see README, "The search".
 demo: $(STAMP)
-	$(BIN)/jaxsr fit strogatz:lv1 --target label
+	$(BIN)/jaxsr fit strogatz:lv1 --target label --max-time 20
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (30 s or more each).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/evaluate.py --json

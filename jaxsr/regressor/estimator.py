@@ -30,8 +30,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
     held-out training rows is within tolerance of the best. See ``docs/regressor.md``.
 
     Parameters:
-      model: "default" (the shipped trained model; while none ships, the untrained ``tiny``
-        config with a warning), a config name ("tiny", "small", "paper": random weights),
+      model: "default" (the trained model that ships with the package; an installation
+        that lacks it falls back to the untrained ``tiny`` config, with a warning), a config name ("tiny", "small", "paper": random weights),
         or the path of a weights directory. Weights load once per process; the estimator
         keeps only this string.
       max_input_points: points per bag; None (the default) for the size the weights record:

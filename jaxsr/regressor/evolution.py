@@ -68,7 +68,7 @@ class Rows:
 class ModelProposer:
     """Asks the model for formulas fitting given targets on a problem's search rows (the
     search's ``Proposer``): one bag per request, ``PROPOSALS_PER_TARGET`` samples each,
-    returned in the user's units."""
+    returned in the user's units and as written (see ``_seeds``)."""
 
     def __init__(self, loaded: LoadedModel, problems: list[Problem], rows: list[Rows],
                  settings: pipeline.Settings):
@@ -80,7 +80,6 @@ class ModelProposer:
                                             max_len=min(settings.max_len, PROPOSAL_TOKENS))
         # One decoding call for all requests: a call costs about the same for 2 bags or 8.
         self.clock = pipeline.Clock(None, 0)
-        self.calls = 0
 
     def __call__(self, requests, seed: int) -> list[list[Expr]]:
         n_points = self.settings.max_input_points
@@ -104,12 +103,11 @@ class ModelProposer:
         bags = pipeline.Bags(point_ids, mask, np.array([requests[r][0] for r in kept]))
         settings = dataclasses.replace(self.settings, seed=seed)
         tokens, lengths = pipeline.decode_bags(self.loaded, bags, settings, self.clock)
-        self.calls += 1
         for b, r in enumerate(kept[: len(tokens)]):
             p = self.problems[requests[r][0]]
             parsed = decode.to_expressions(tokens[b: b + 1], lengths[b: b + 1])
-            out[r] = [pipeline.unscale(e, p) for e in parsed.exprs
-                      if max(e.variables(), default=-1) < p.n_selected]
+            usable = [e for e in parsed.exprs if max(e.variables(), default=-1) < p.n_selected]
+            out[r] = [pipeline.unscale(e, p) for e in usable] + usable
         return out
 
 
