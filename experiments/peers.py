@@ -461,8 +461,9 @@ def warm_up(method: Method, problem: GroundTruthProblem, seed: int, run: RunSett
 
 
 def run_jobs(jobs: list[Job], methods: dict[str, Method], store: ProblemStore,
-             run: RunSettings, log=print) -> pd.DataFrame:
-    """Runs the jobs in order; one row each."""
+             run: RunSettings, log=print, partial: Path | None = None) -> pd.DataFrame:
+    """Runs the jobs in order; one row each. With ``partial``, the rows so far are written
+    there (atomically) after every job, so an interrupted run keeps what it measured."""
     rows, warmed = [], set()
     for k, job in enumerate(jobs, 1):
         method = methods[job.method]
@@ -475,6 +476,8 @@ def run_jobs(jobs: list[Job], methods: dict[str, Method], store: ProblemStore,
         log(f"  [{k}/{len(jobs)}] {job.method} {job.problem} noise {job.noise:g} seed "
             f"{job.seed}: R2 {rows[-1]['r2_test']:.4f} in {seconds:.1f} s"
             + (f" ({error})" if error else ""))
+        if partial is not None:
+            common.write_csv(pd.DataFrame(rows, columns=RESULT_COLUMNS), partial)
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
@@ -732,7 +735,8 @@ def run(args) -> int:
           f"{len(names)} methods x {len(seeds)} seeds x {len(args.noise)} noise levels), "
           f"budget {settings.budget:g} s, {settings.threads} thread(s)")
     with threads.pinned(settings.threads) as pinning:
-        results = run_jobs(runnable, table, ProblemStore(args.data, settings), settings)
+        results = run_jobs(runnable, table, ProblemStore(args.data, settings), settings,
+                           partial=out / RESULTS)
     results.to_csv(out / RESULTS, index=False)
 
     title = "jaxsr search ablation" if args.ablation else "jaxsr and peers"
