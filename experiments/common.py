@@ -121,6 +121,9 @@ class FitSettings:
     temperature: float | None = None
     max_iter: int = 50
     max_time: float | None = None
+    # These harnesses measure the paper's protocol; `--fit search=evolve` measures the
+    # seeded search instead (experiments/peers.py compares both at equal time).
+    search: str = "sample"
 
     def replace(self, **changes) -> FitSettings:
         return dataclasses.replace(self, **changes)

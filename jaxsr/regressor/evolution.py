@@ -152,9 +152,12 @@ def _seeds(training, loaded, settings, clock):
     dropped = [Counter() for _ in training]
     if settings.seeds != "model":
         return [[] for _ in training], [[] for _ in training], counts, dropped
+    # The search refines its seeds itself (with one compiled solver for the whole run), so
+    # the samples are not refined here: that would compile a solver per pool size.
+    unrefined = dataclasses.replace(settings, refine=False)
     with clock.until(None if settings.max_time is None
                      else SEEDING_SHARE * settings.max_time):
-        pool, counts, dropped, as_written = pipeline.sample(training, loaded, settings, clock)
+        pool, counts, dropped, as_written = pipeline.sample(training, loaded, unrefined, clock)
     sampled, written = [], []
     for i in range(len(training)):
         mine = np.flatnonzero(pool.problem == i)
