@@ -17,16 +17,20 @@ replaced by a plain numpy loop (each child turned into a tree, evaluated with
 prints one JSON object: ``evaluations_per_second`` (a dict keyed "1024", "4096", "16384"),
 ``host_fraction`` (share of a generation spent outside the compiled scoring call, per size),
 ``evaluations_per_second_with_refinement`` at 4,096, ``numpy_loop_evaluations_per_second``
-and ``speedup_vs_numpy_loop`` at 4,096.
+and ``speedup_vs_numpy_loop`` at 4,096 (``--baseline-size`` changes that size; 0 leaves out
+the refinement run and the numpy loop, for a short accelerator session that only wants the
+batched rate).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
+import jax
 import numpy as np
 
 from jaxsr.search import engine, fitness
@@ -97,31 +101,39 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--generations", type=int, default=5, help="timed generations")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--warm-up", type=int, default=5,
+                        help="untimed generations first (compilation, archive filling)")
+    parser.add_argument("--baseline-size", type=int, default=BASELINE_SIZE,
+                        help="population of the refinement run and the numpy loop; 0 skips both")
     args = parser.parse_args(argv)
 
     rates, host = {}, {}
     for size in args.sizes:
         search, population = make_search(size, refine=False)
         seconds, host_share, population = time_generations(search, population,
-                                                           args.generations, warm_up=5)
+                                                           args.generations, args.warm_up)
         rates[str(size)], host[str(size)] = size / seconds, host_share
-    search, population = make_search(BASELINE_SIZE, refine=True)
-    refined_seconds, _, _ = time_generations(search, population, args.generations, warm_up=5)
-    search, population = make_search(BASELINE_SIZE, refine=False)
-    loop_seconds = numpy_loop_generation(search, population, search.data)
-    batched = rates.get(str(BASELINE_SIZE))
     result = {
         "benchmark": "search",
         "n_points": N_POINTS,
         "evaluations_per_second": rates,
         "host_fraction": host,
-        "evaluations_per_second_with_refinement": {str(BASELINE_SIZE):
-                                                   BASELINE_SIZE / refined_seconds},
-        "numpy_loop_evaluations_per_second": BASELINE_SIZE / loop_seconds,
-        "speedup_vs_numpy_loop": (batched * loop_seconds / BASELINE_SIZE
-                                  if batched else None),
-        "machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
     }
+    base = args.baseline_size
+    if base > 0:
+        search, population = make_search(base, refine=True)
+        refined_seconds, _, _ = time_generations(search, population, args.generations,
+                                                 args.warm_up)
+        search, population = make_search(base, refine=False)
+        loop_seconds = numpy_loop_generation(search, population, search.data)
+        batched = rates.get(str(base))
+        result.update({
+            "evaluations_per_second_with_refinement": {str(base): base / refined_seconds},
+            "numpy_loop_evaluations_per_second": base / loop_seconds,
+            "speedup_vs_numpy_loop": batched * loop_seconds / base if batched else None,
+        })
+    result.update(machine=platform.machine(), cpu_count=os.cpu_count(),
+                  backend=jax.default_backend(), jax=jax.__version__)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

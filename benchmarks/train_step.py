@@ -16,7 +16,9 @@ reference counts its 10,000-point batches):
 ``speedup_vs_torch`` is the ratio of the two step times. On a GPU or TPU, the ``paper``
 entry also gives the model-FLOPs utilisation (MFU): the FLOPs of the compiled step from
 XLA's cost analysis, per second, over the device's peak (``--peak-tflops`` or a known
-table). ``paper`` runs a smaller batch on CPU (``--paper-cpu-tokens``); the JSON says so.
+table); on a CPU only when ``--peak-tflops`` is given, and where no MFU can be computed,
+``mfu_error`` says why. ``paper`` runs a smaller batch on CPU (``--paper-cpu-tokens``); the
+JSON says so. ``--no-baseline`` skips the PyTorch step (which runs on CPU only).
 
     python benchmarks/train_step.py --json
 """
@@ -179,7 +181,8 @@ def torch_step(config, params_seed: int, batch: Batch, repeats: int) -> dict | N
 # ----------------------------------------------------------------------------- report
 
 
-def measure(name: str, tokens: int, repeats: int, dtype: str, peak_tflops) -> dict:
+def measure(name: str, tokens: int, repeats: int, dtype: str, peak_tflops,
+            baseline: bool = True) -> dict:
     config = get_config(name, dtype=dtype)
     batch = real_batch(tokens)
     facts = describe(batch)
@@ -187,12 +190,21 @@ def measure(name: str, tokens: int, repeats: int, dtype: str, peak_tflops) -> di
     out = {"parameters": count_params(abstract_params(config)),
            "tokens_per_step": tokens, "batch": facts, "dtype": dtype,
            "jax": _rates(ours, facts)}
-    baseline = torch_step(config, 0, batch, repeats) if jax.default_backend() == "cpu" else None
-    if baseline is not None:
-        out["torch_eager"] = _rates(baseline, facts)
-        out["speedup_vs_torch"] = round(baseline["seconds_per_step"] / ours["seconds_per_step"], 2)
-    peak = peak_tflops or _known_peak()
-    if jax.default_backend() != "cpu" and ours["flops_per_step"] and peak:
+    on_cpu = jax.default_backend() == "cpu"
+    torch_result = torch_step(config, 0, batch, repeats) if baseline and on_cpu else None
+    if torch_result is not None:
+        out["torch_eager"] = _rates(torch_result, facts)
+        out["speedup_vs_torch"] = round(
+            torch_result["seconds_per_step"] / ours["seconds_per_step"], 2)
+    # A CPU has no meaningful table peak; an explicit --peak-tflops still gets a figure
+    # (the smoke run of benchmarks/device_check.sh exercises the MFU path that way).
+    peak = peak_tflops or (None if on_cpu else _known_peak())
+    if not peak:
+        out["mfu_error"] = (f"no peak TFLOP/s known for {jax.devices()[0].device_kind!r}: "
+                            "pass --peak-tflops")
+    elif not ours["flops_per_step"]:
+        out["mfu_error"] = "XLA's cost analysis gave no FLOP count on this backend"
+    else:
         achieved = ours["flops_per_step"] / ours["seconds_per_step"]
         out["mfu"] = round(achieved / (peak * 1e12 * parallel.device_count()), 4)
         out["mfu_flops_source"] = "XLA cost analysis of the compiled step"
@@ -226,13 +238,16 @@ def main() -> None:
                         help="compute dtype (default: float32 on CPU, bfloat16 elsewhere)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak TFLOP/s per device for MFU (default: a table of known chips)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the PyTorch eager step (and speedup_vs_torch)")
     args = parser.parse_args()
     on_cpu = jax.default_backend() == "cpu"
     dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
     results = {}
     for name in args.configs:
         tokens = args.paper_cpu_tokens if name == "paper" and on_cpu else args.tokens
-        results[name] = measure(name, tokens, args.repeats, dtype, args.peak_tflops)
+        results[name] = measure(name, tokens, args.repeats, dtype, args.peak_tflops,
+                                baseline=not args.no_baseline)
         if name == "paper" and on_cpu:
             results[name]["note"] = (f"smaller batch on CPU: {tokens} points per step "
                                      f"instead of {args.tokens}")
