@@ -67,7 +67,7 @@ def test_a_failing_part_is_named_and_the_others_still_report(tmp_path):
     out = tmp_path / "report.json"
     report, _ = run_check(
         "--smoke", "--parts", "refine,info,search", "--limit", "search=3", "--out", str(out),
-        env={"DEVICE_CHECK_FAIL": "refine,search:hang"}, timeout=120)
+        "--tmp", str(tmp_path / "parts"), env={"DEVICE_CHECK_FAIL": "refine,search:hang"}, timeout=120)
     assert json.loads(out.read_text()) == report
     assert "exit status 1" in report["refine"]["error"]
     assert "DEVICE_CHECK_FAIL=refine" in report["refine"]["error"]
