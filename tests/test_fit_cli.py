@@ -8,7 +8,9 @@ import pytest
 
 from jaxsr import cli
 
-FAST = ["--model", "tiny", "--n-candidates", "2", "--max-bags", "1"]
+# The paper's protocol: these tests check the command's mechanics (the search's own CLI test
+# is test_the_search_prints_the_selected_front_member).
+FAST = ["--model", "tiny", "--n-candidates", "2", "--max-bags", "1", "--search", "sample"]
 RNG = np.random.default_rng(0)
 TABLE = pd.DataFrame({"mass": RNG.uniform(1, 2, 50), "speed": RNG.uniform(0, 3, 50)})
 TABLE["energy"] = 0.5 * TABLE["mass"] * TABLE["speed"] ** 2
@@ -31,6 +33,20 @@ def test_reads_csv_tsv_and_compressed_tables(tmp_path, capsys, name, sep):
     residual = np.sum((TABLE["energy"] - values) ** 2)
     assert r2 == pytest.approx(1 - residual / np.sum((TABLE["energy"] - TABLE["energy"].mean()) ** 2),
                                rel=1e-5)
+
+
+def test_the_search_prints_the_selected_front_member(tmp_path, capsys):
+    path = tmp_path / "data.csv"
+    TABLE.to_csv(path, index=False)
+    argv = ["fit", str(path), "--target", "energy", "--model", "tiny", "--n-candidates", "2",
+            "--max-bags", "1", "--max-time", "8", "--json", "--top", "50"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    chosen = [row for row in result["candidates"] if row["formula"] == result["best"]["formula"]]
+    assert chosen and result["best"]["r2"] > 0.99  # 0.5 m v^2: found, or the linear fit's
+    sources = {row["source"] for row in result["candidates"]}
+    assert sources <= {"model sample", "model proposal", "evolved", "random tree", "baseline"}
+    assert result["fit"]["stopped"] in ("target_r2", "max_time", "generations")
 
 
 def test_json_output_is_one_object_for_machines(tmp_path, capsys):
