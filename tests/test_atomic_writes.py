@@ -177,6 +177,7 @@ KILL_AT_COMMIT = """
 """
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_checkpointing_resumes_exactly(tmp_path):
     """orbax writes a step into a temporary directory and renames it when complete: a run
     SIGKILLed before that rename resumes from the previous checkpoint, and every step's loss

@@ -278,6 +278,7 @@ def test_bad_input_is_named(model, params, bags, call, message):
 # ----------------------------------------------------------------------------- devices
 
 
+@pytest.mark.slow
 def test_two_devices_give_the_same_tokens_as_one():
     """pmap over 2 simulated CPU devices (3 bags: one padded) against 1 device."""
     script = textwrap.dedent("""

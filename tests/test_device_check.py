@@ -39,6 +39,7 @@ def number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
+@pytest.mark.smoke
 @pytest.mark.slow  # about 60-90 s on the 2-core CPU: five processes, each compiling
 def test_smoke_run_reports_every_part(tmp_path):
     out = tmp_path / "report.json"

@@ -249,6 +249,7 @@ def test_in_domain_quick(tmp_path):
     assert _provenance(out)["settings"]["n_problems"] == quick.n_problems
 
 
+@pytest.mark.slow
 def test_ablations_quick(tmp_path):
     from experiments import ablations
 

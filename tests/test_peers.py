@@ -306,6 +306,7 @@ def test_threads_are_pinned_and_released():
 # ---------------------------------------------------------------------------- --quick
 
 
+@pytest.mark.smoke
 @pytest.mark.slow  # about 25 s (a jaxsr warm-up and fits of every method), 30+ s when busy
 def test_quick_end_to_end(tmp_path, data_dir, capsys):
     out = tmp_path / "quick"

@@ -92,6 +92,7 @@ def test_nan_candidate_is_flagged_and_neighbours_unaffected(solver):
         np.testing.assert_array_equal(dirty.constants[i], clean.constants[i])
 
 
+@pytest.mark.slow
 def test_a_candidate_gets_the_same_result_alone_or_in_a_batch_of_1000():
     exprs, Y = _random_problems(8, seed=6)
     rng = np.random.default_rng(7)

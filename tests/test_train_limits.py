@@ -14,6 +14,7 @@ from jaxsr.weights import load_weights
 LIMIT = 10.0  # seconds; the final checkpoint adds 0.3-0.7 s after the last step here
 
 
+@pytest.mark.slow
 def test_max_time_stops_within_ten_percent_and_resumes_exactly(tmp_path):
     train(setup_config(tmp_path / "warm", steps=2))  # compiles outside the timed call
     workdir = tmp_path / "timed"

@@ -318,8 +318,10 @@ def test_fixture_script_reproduces_the_committed_fixture(tmp_path, converted):
     make_reference_checkpoint.main(tmp_path)
     fresh = np.load(tmp_path / make_reference_checkpoint.OUTPUTS)
     committed = np.load(FIXTURES / make_reference_checkpoint.OUTPUTS)
+    # The outputs are float32 forward passes of torch: another build or thread count sums in
+    # another order (differences up to 2e-6 seen); the weights themselves must match exactly.
     for name in committed.files:
-        np.testing.assert_allclose(fresh[name], committed[name], atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(fresh[name], committed[name], atol=1e-5, err_msg=name)
     regenerated = load_weights(convert_reference(tmp_path / make_reference_checkpoint.CHECKPOINT,
                                                  tmp_path / "w"))
     ours = flatten_params(regenerated.params)
