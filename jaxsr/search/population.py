@@ -184,13 +184,13 @@ class Structure:
 
 def program_size(genomes: Genomes) -> ProgramSize:
     """Capacities holding the rows: constants and depth at the maximum length (fixed for a
-    search), operator nodes per row on average rounded up to a power of two, at least a
-    quarter of the maximum length. A search thus compiles its evaluator once (twice when
-    its formulas grow long on average), while the value buffer stays near the work."""
+    search), operator nodes per row on average rounded up to a power of two, at least half
+    the maximum length. A search thus compiles its evaluator once (a recompilation inside a
+    short time budget costs more than the larger buffer)."""
     valid = np.arange(genomes.max_length) < genomes.length[:, None]
     n_ops = ((genomes.kind == KIND_OP) & valid).sum(axis=1)
     up = lambda n: max(4, 1 << (int(n) - 1).bit_length())
-    return ProgramSize(ops=up(max(np.ceil(n_ops.mean()), genomes.max_length // 4)),
+    return ProgramSize(ops=up(max(np.ceil(n_ops.mean()), genomes.max_length // 2)),
                        constants=up(genomes.max_length),
                        depth=up(genomes.max_length))
 
