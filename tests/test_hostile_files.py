@@ -456,6 +456,20 @@ def test_the_regressor_checks_any_frame_with_named_errors(frame, data):
     assert all(name.isidentifier() for name in problem.names)
 
 
+@given(st.lists(st.text(max_size=6), max_size=6))
+def test_any_column_names_become_distinct_plain_symbols(columns):
+    """Names with characters that cannot continue an identifier ("²") or that Python
+    normalises ("ﬁ" -> "fi") once made the renaming loop forever."""
+    import sympy
+
+    names, renamed = inputs.formula_names(columns, len(columns))
+    assert len(names) == len(set(names)) == len(columns)
+    for column, name in zip(columns, names):
+        assert name.isidentifier() and sympy.Symbol(name).name == name
+        assert sympy.sympify(name) == sympy.Symbol(name)
+        assert name == column or renamed.get(column) is not None
+
+
 def test_size_limits_are_named():
     with pytest.raises(ValueError, match=r"1,000,001 rows; the limit is 1,000,000"):
         inputs.check_size(inputs.MAX_ROWS + 1, 1)

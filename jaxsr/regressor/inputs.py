@@ -8,6 +8,7 @@ import functools
 import keyword
 import numbers
 import re
+import unicodedata
 import warnings
 from collections.abc import Sequence
 
@@ -270,12 +271,20 @@ def formula_names(columns: Sequence | None, n_features: int) -> tuple[list[str],
 
 
 def _safe_name(text: str) -> str:
-    name = re.sub(r"\W", "_", text)
-    if not name or name[0].isdigit():
+    name = "".join(c if _identifier_char(c) else "_" for c in text)
+    if not name.isidentifier():  # empty, or starting with a digit (of any script)
         name = "x_" + name
-    while not _is_plain_symbol(name):
+    for _ in range(4):  # "E" -> "E_", "lambda" -> "lambda_": one step is enough for sympy
+        if _is_plain_symbol(name):
+            return name
         name += "_"
-    return name
+    return "x_" + re.sub(r"[^0-9A-Za-z_]", "_", text)  # always a plain symbol
+
+
+def _identifier_char(c: str) -> bool:
+    """Whether ``c`` may continue an identifier and survives the NFKC normalisation Python
+    and sympy apply to names ("²" does not continue one; "ﬁ" would come back as "fi")."""
+    return ("_" + c).isidentifier() and unicodedata.normalize("NFKC", c) == c
 
 
 @functools.lru_cache(maxsize=4096)
