@@ -72,6 +72,8 @@ DATA_CASES = {
     "zip of two files": ("two.csv.zip", _zip_two, "y", "a .zip must hold exactly one file"),
     "row with extra fields": ("ragged.csv", _text("a,b,y\n1,2,3\n1,2,3,4\n"), "y",
                               "line 3 has 4 fields but the header (line 1) has 3"),
+    "first row longer than the header": ("wide.csv", _text("a,b,y\n1,2,3,4\n2,3,4\n"), "y",
+                                         "line 2 has 4 fields but the header (line 1) has 3"),
     "row with missing fields": ("short.csv", _text("a,b,y\n1,2,3\n4,5\n6,7,8\n"), "y",
                                 "row 2 has 2 field(s) but the header has 3"),
     "non-numeric cell": ("text.csv", _text("a,b\n1,2\n2,3\n3,4\n4,5\n5,6\n6,7\n7,abc\n"),
@@ -366,6 +368,15 @@ def test_a_bug_is_one_line_with_the_internal_status(capsys, monkeypatch):
     assert status == errors.INTERNAL
     assert "internal error: TypeError: unsupported operand" in _one_line(err)
     assert "--debug" in err
+
+
+def test_ctrl_c_is_one_line_with_the_interrupted_status(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.HANDLERS, "info", interrupted)
+    status, _, err = _run(["info"], capsys)
+    assert status == errors.INTERRUPTED and _one_line(err) == "error: interrupted\n"
 
 
 def test_a_multi_line_message_is_joined_into_one_line(capsys, monkeypatch):
