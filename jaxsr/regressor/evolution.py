@@ -124,7 +124,8 @@ def run(problems: list[Problem], loaded: LoadedModel, settings: pipeline.Setting
         result = evolve(
             [(p.user_units(r.search), p.y[r.search], p.weight[r.search])
              for p, r in zip(problems, rows)],
-            seeds=[a + b for a, b in zip(sampled, as_written)], settings=_search_settings(settings, clock, loaded.max_features),
+            seeds=[a + b for a, b in zip(sampled, as_written)],
+            settings=_search_settings(settings, clock, loaded.max_features),
             proposer=(ModelProposer(loaded, problems, rows, settings)
                       if settings.model_proposals and settings.seeds == "model"
                       and not loaded.untrained else None),

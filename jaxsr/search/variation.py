@@ -176,7 +176,6 @@ def fold_constants(genomes: Genomes) -> Genomes:
     (one fold per row and call; repeated over generations it keeps formulas short)."""
     s = Structure.of(genomes)
     P, L = genomes.kind.shape
-    rows = np.arange(P)
     number = (genomes.kind == KIND_CONST) | (genomes.kind == KIND_FIXED)
     first = np.minimum(np.arange(1, L + 1), L - 1)
     second = np.minimum(s.end[:, first], L - 1)
