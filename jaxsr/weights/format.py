@@ -28,7 +28,13 @@ from jaxsr.expr.tokens import encoder_vocab as jaxsr_encoder_vocab
 from jaxsr.fileio import atomic_files
 from jaxsr.model.config import ModelConfig
 from jaxsr.model.modules import E2EModel
-from jaxsr.model.params import check_params, count_params, flatten_params, unflatten_params
+from jaxsr.model.params import (
+    ParamsMismatchError,
+    check_params,
+    count_params,
+    flatten_params,
+    unflatten_params,
+)
 
 FORMAT = "jaxsr-weights"
 VERSION = 1
@@ -138,9 +144,11 @@ def load_weights(path: str | os.PathLike, *, verify_checksum: bool = True) -> We
                 f"{arrays_path} has sha256 {actual}, but {meta_path.name} records "
                 f"{meta['sha256']}: the file is corrupted or was modified")
     config = _config_from_meta(meta, meta_path)
-    params = unflatten_params(_read_arrays(arrays_path))
-    check_params(params, config, what=f"arrays in {arrays_path}")
     _check_vocab_sizes(meta["encoder_vocab"], meta["decoder_vocab"], config)
+    arrays = _read_arrays(arrays_path)
+    _check_layer_counts(config, len(arrays), arrays_path)
+    params = unflatten_params(arrays)
+    check_params(params, config, what=f"arrays in {arrays_path}")
     return Weights(
         params=params, config=config, encoder_vocab=tuple(meta["encoder_vocab"]),
         decoder_vocab=tuple(meta["decoder_vocab"]), decoding=dict(meta["decoding"]),
@@ -266,11 +274,36 @@ def _check_entries(meta: dict, meta_path: Path) -> None:
                 f"jaxsr has {len(ours)}; first difference at id {first})")
 
 
+# The largest sizes a weights file may declare. Checking the arrays against a config means
+# tracing the model it describes, which takes time and memory in proportion to these: an
+# edited model.json (the sha256 covers params.npz only) must not make a load hang.
+CONFIG_LIMITS = {"encoder_vocab_size": 1 << 20, "decoder_vocab_size": 1 << 20,
+                 "max_input_dimension": 1024, "max_output_dimension": 1024,
+                 "tokens_per_float": 16, "embedder_dim": 1 << 16, "embedder_hidden_layers": 64,
+                 "embedder_expansion": 64, "encoder_dim": 1 << 16, "decoder_dim": 1 << 16,
+                 "encoder_layers": 512, "decoder_layers": 512, "ffn_multiplier": 64,
+                 "max_positions": 1 << 20}
+
+
 def _config_from_meta(meta: dict, meta_path: Path) -> ModelConfig:
     try:
-        return ModelConfig.from_dict(meta["config"])
+        config = ModelConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as err:
         raise WeightsFormatError(f"{meta_path} has an invalid model config: {err}") from None
+    for field, limit in CONFIG_LIMITS.items():
+        if getattr(config, field) > limit:
+            raise WeightsFormatError(f"{meta_path}: config.{field} = {getattr(config, field)} "
+                                     f"is beyond what jaxsr loads ({limit})")
+    return config
+
+
+def _check_layer_counts(config: ModelConfig, n_arrays: int, arrays_path: Path) -> None:
+    """Every layer has arrays of its own: more layers than arrays cannot fit (and would be
+    traced for nothing)."""
+    layers = config.encoder_layers + config.decoder_layers + config.embedder_hidden_layers
+    if layers > n_arrays:
+        raise ParamsMismatchError(f"arrays in {arrays_path} do not fit the model config: "
+                                  f"{layers} layers, but only {n_arrays} arrays")
 
 
 def _read_arrays(arrays_path: Path) -> dict[str, np.ndarray]:
