@@ -404,6 +404,8 @@ REGRESSOR_CASES = {
         "X column 'b' has a missing value (None) at row 1"),
     "complex cell": (lambda: (_frame(b=pd.Series([1, 2j, 3, 4], dtype=object)), Y4, None),
                      "X column 'b' has a non-numeric value 2j at row 1"),
+    "complex column": (lambda: (_frame(b=np.array([1, 2j, 3, 4])), Y4, None),
+                       "X column 'b' holds complex numbers (dtype complex128)"),
     "mixed column names": (lambda: (pd.DataFrame({"a": [1.0, 2.0], 0: [3.0, 4.0]}),
                                     Y4[:2], None),
                            "X's column names mix strings with int (0)"),

@@ -318,5 +318,7 @@ def test_from_sympy_names_what_it_cannot_convert():
         Expr.from_sympy(X_SYMBOL + Z_SYMBOL, ["x"])
     with pytest.raises(ValueError, match="cannot convert zoo"):
         Expr.from_sympy(X_SYMBOL + sympy.zoo, ["x"])
-    with pytest.raises(ValueError, match="non-finite number oo"):
+    with pytest.raises(ValueError, match="number oo to an expression tree: it is not a finite"):
         Expr.from_sympy(X_SYMBOL + sympy.oo, ["x"])
+    with pytest.raises(ValueError, match="number 1.00000E\\+500 .* not a finite float64"):
+        Expr.from_sympy(X_SYMBOL + sympy.Float("1e500"), ["x"])

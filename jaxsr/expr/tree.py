@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from typing import Iterator, Sequence
 
@@ -267,9 +268,11 @@ def _from_sympy(e: sympy.Basic, index: dict[str, int]) -> Expr:
     if e in _SYMPY_CONSTANTS:
         return Expr(_SYMPY_CONSTANTS[e])
     if e.is_Number:
-        if not e.is_finite:  # oo, -oo, nan: no refinable constant stands for them
-            raise ValueError(f"cannot convert the non-finite number {e} to an expression tree")
-        return Expr.const(float(e))
+        value = float(e) if e.is_finite else math.nan  # sympy's own floats reach 1e+476
+        if not math.isfinite(value):  # oo, nan, or beyond float64: no constant stands for it
+            raise ValueError(f"cannot convert the number {sympy.N(e, 6)} to an expression "
+                             "tree: it is not a finite float64")
+        return Expr.const(value)
     if e.is_Add:
         terms = [_signed_term(t, index) for t in e.as_ordered_terms()]
         terms.sort(key=lambda t: t[0])  # a positive term first: "a - b" rather than "-b + a"

@@ -87,10 +87,13 @@ def check_columns_numeric(X) -> None:
     dtypes = getattr(X, "dtypes", None)
     if dtypes is None or not hasattr(dtypes, "items"):
         return
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+    from pandas.api.types import is_bool_dtype, is_complex_dtype, is_numeric_dtype
 
     check_column_names(list(dtypes.index))
     for position, (name, dtype) in enumerate(dtypes.items()):
+        if is_complex_dtype(dtype):  # "numeric" to pandas; numpy's float cast would fail
+            raise ValueError(f"X column {name!r} holds complex numbers (dtype {dtype}); a "
+                             "formula needs real ones")
         if not (is_numeric_dtype(dtype) or is_bool_dtype(dtype)):
             _check_cells(name, X.iloc[:, position])
 
