@@ -12,7 +12,7 @@ os.environ.setdefault("JAXSR_CACHE_DIR", "")
 # ``settings.default.max_examples``, so they scale with the profile too.
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-CI_EXAMPLES = 60
+CI_EXAMPLES = 100
 settings.register_profile(
     "ci", max_examples=CI_EXAMPLES, derandomize=True, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
