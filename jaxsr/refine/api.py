@@ -258,7 +258,9 @@ SHRINK, MIN_LANES = 4, 64
 def _refine_in_rounds(exprs, data, params0, has_constants, size, settings, min_size=None):
     """The batched solver, in rounds over ever smaller batches of the active candidates."""
     n_devices = jax.local_device_count()
-    state = batched.initial_state(params0, has_constants, settings.history)
+    state = batched.initial_state(params0, has_constants, settings.history, settings.max_iter)
+    # The budget travels in the state: one compiled round serves every max_iter.
+    round_settings = dataclasses.replace(settings, max_iter=0)
     lanes = np.arange(len(exprs))
     while len(lanes):
         per_shard = max(MIN_LANES, 1 << (-(-len(lanes) // n_devices) - 1).bit_length())
@@ -269,7 +271,7 @@ def _refine_in_rounds(exprs, data, params0, has_constants, size, settings, min_s
         start = {k: shards.pad_and_shard(v[lanes], v[0]) for k, v in state.items()}
         start["active"] = shards.pad_and_shard(state["active"][lanes], False)
         max_active = per_shard // SHRINK if per_shard > MIN_LANES else 0
-        result = shards.unshard(_pmapped_round(settings)(
+        result = shards.unshard(_pmapped_round(round_settings)(
             shards.problem, start, np.full(n_devices, max_active, np.int32)))
         for k, v in result.items():
             state[k][lanes] = v

@@ -68,10 +68,15 @@ def _direction(g, S, Y, rho, count):
     return -lax.fori_loop(0, m, oldest_first, gamma[:, None] * q)
 
 
-def initial_state(params0: np.ndarray, optimise: np.ndarray, history: int) -> dict:
+def initial_state(params0: np.ndarray, optimise: np.ndarray, history: int,
+                  max_iter: int) -> dict:
     """The host-side state before any evaluation: every lane is ``fresh`` (its first step
     evaluates ``params0`` and sets its loss, gradient and first direction), and only lanes
-    in ``optimise`` go on to take L-BFGS steps."""
+    in ``optimise`` go on to take L-BFGS steps, ``max_iter`` at most.
+
+    The iteration budget is data, not a compile-time setting: callers that alternate
+    budgets (a search refines seeds longer than its offspring) share one compiled solver.
+    """
     B, K = params0.shape
     dtype = params0.dtype
     zeros = lambda *shape, dt=dtype: np.zeros(shape, dt)
@@ -82,7 +87,8 @@ def initial_state(params0: np.ndarray, optimise: np.ndarray, history: int) -> di
         count=zeros(B, dt=np.int32), initial=zeros(B), optimise=np.asarray(optimise, bool),
         fresh=np.ones(B, bool), started=flags(), active=np.ones(B, bool),
         converged=flags(), non_finite=flags(), iterations=zeros(B, dt=np.int32),
-        rejections=zeros(B, dt=np.int32), steps=zeros(B, dt=np.int32))
+        rejections=zeros(B, dt=np.int32), steps=zeros(B, dt=np.int32),
+        max_iter=np.full(B, max_iter, np.int32))
 
 
 def run_round(problem, state: dict, max_active, settings: Settings) -> dict:
@@ -91,8 +97,8 @@ def run_round(problem, state: dict, max_active, settings: Settings) -> dict:
     The caller then moves the remaining lanes into a smaller batch (see ``api``), so that
     the long tail of slow candidates does not pay for the whole batch at every step.
     """
-    # Each lane takes at most max_iter accepted steps and max_linesearch rejections in a row.
-    max_steps = settings.max_iter * (settings.max_linesearch + 1)
+    # Each lane takes at most max_iter accepted steps and max_linesearch rejections in a row
+    # (``settings.max_iter`` is unused: the budget is per lane, in the state).
 
     def cond(c):
         n_active = jnp.sum(c["active"])
@@ -100,7 +106,7 @@ def run_round(problem, state: dict, max_active, settings: Settings) -> dict:
 
     def body(c):
         c = _step(problem, c, settings)
-        c["active"] = c["active"] & (c["steps"] < max_steps)
+        c["active"] = c["active"] & (c["steps"] < c["max_iter"] * (settings.max_linesearch + 1))
         return c
 
     return lax.while_loop(cond, body, state)
@@ -174,7 +180,7 @@ def _step(problem, c: dict, settings: Settings) -> dict:
     stalled = rejections > settings.max_linesearch
     stepped = dict(c, x=x, f=f, g=g, d=d, t=t, S=S, Y=Y, rho=rho, count=count,
                    active=active & ~done & ~stalled & ~bad_gradient
-                   & (iterations < settings.max_iter),
+                   & (iterations < c["max_iter"]),
                    converged=c["converged"] | done, non_finite=c["non_finite"] | bad_gradient,
                    iterations=iterations, rejections=rejections, steps=c["steps"] + active)
     return jax.tree.map(lambda a, b: jnp.where(_lanes_like(fresh, a), a, b), started, stepped)
