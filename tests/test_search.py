@@ -192,13 +192,14 @@ def planted():
     return X, 1.5 * X[:, 0] * X[:, 1] - X[:, 0] ** 2
 
 
-def test_search_recovers_a_planted_formula(planted):
+@pytest.mark.parametrize("dtype, digits", [("float64", 1e-6), ("float32", 1e-4)])
+def test_search_recovers_a_planted_formula(planted, dtype, digits):
     X, y = planted
-    result = evolve([(X, y)], settings=SearchSettings(generations=40, **SMALL))
+    result = evolve([(X, y)], settings=SearchSettings(generations=40, dtype=dtype, **SMALL))
     assert result.stopped == "target_r2"
     best = min(result.fronts[0], key=lambda c: c.nmse)
     assert best.r2 >= 1 - 1e-10
-    np.testing.assert_allclose(best.expr.evaluate(X), y, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(best.expr.evaluate(X), y, rtol=digits, atol=digits)
 
 
 def test_front_is_a_pareto_front(planted):

@@ -5,8 +5,7 @@ formulas during the run, and the formula is chosen on rows the search never saw.
 
 Rows: a problem's fit rows are split into a training part (75%) and a validation part.
 The search scores candidates on at most ``SEARCH_ROWS`` training rows. Its Pareto front,
-together with the best formulas the model sampled (which may be longer than the search
-allows), is then measured on all training rows and on the validation rows, and
+with a linear fit, is then measured on all training rows and on the validation rows, and
 ``choose`` picks the simplest formula whose validation error is within tolerance of the
 best one.
 """
@@ -22,6 +21,7 @@ from jaxsr import decode
 from jaxsr.expr import Expr, encode_points
 from jaxsr.regressor import pipeline
 from jaxsr.regressor.inputs import Problem
+from jaxsr.refine.reference import scipy_refine
 from jaxsr.regressor.models import LoadedModel
 from jaxsr.search import SearchSettings, evolve
 from jaxsr.search.engine import MODEL_SAMPLE
@@ -33,12 +33,12 @@ SEARCH_ROWS = 256             # training rows the search scores candidates on, a
 # at most best * (1 + RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE.
 RELATIVE_TOLERANCE = 0.05
 ABSOLUTE_TOLERANCE = 1e-10
-SAMPLED_FINALISTS = 5         # best sampled formulas that compete with the front
 SEEDING_SHARE = 0.35          # of max_time, for sampling the seeds
+SEED_TOKENS = 96              # longest seed, in tokens (about the search's 32 nodes)
 PROPOSALS_PER_TARGET = 16     # model samples per proposal request
 PROPOSAL_TOKENS = 96          # longest proposal, in tokens (about the search's 32 nodes)
 DEFAULT_GENERATIONS = 40      # when neither generations nor max_time is given
-SOURCE_SAMPLE = "model sample"
+POLISH_ITERATIONS = 100       # float64 BFGS steps on the selected formula
 SOURCE_BASELINE = "baseline"
 
 
@@ -71,8 +71,11 @@ class ModelProposer:
     returned in the user's units and as written (see ``_seeds``)."""
 
     def __init__(self, loaded: LoadedModel, problems: list[Problem], rows: list[Rows],
-                 settings: pipeline.Settings):
+                 settings: pipeline.Settings, max_requests: int):
         self.loaded, self.problems, self.rows = loaded, problems, rows
+        # Every call decodes this many bags (unused ones are copies): one compiled decoder
+        # for the whole search, whatever the number of requests.
+        self.max_requests = max_requests
         # Proposals longer than the search's formulas are dropped anyway: decoding fewer
         # tokens makes each call (whose cost is its number of steps) shorter.
         self.settings = dataclasses.replace(settings, n_candidates=PROPOSALS_PER_TARGET,
@@ -96,11 +99,14 @@ class ModelProposer:
         out = [[] for _ in requests]
         if not kept:
             return out
-        point_ids = np.zeros((len(kept), n_points, ids[0].shape[1]), np.int32)
-        mask = np.zeros((len(kept), n_points), bool)
-        for b, a in enumerate(ids):
+        n_bags = max(self.max_requests, len(kept))
+        point_ids = np.zeros((n_bags, n_points, ids[0].shape[1]), np.int32)
+        mask = np.zeros((n_bags, n_points), bool)
+        for b in range(n_bags):
+            a = ids[min(b, len(ids) - 1)]
             point_ids[b, : len(a)], mask[b, : len(a)] = a, True
-        bags = pipeline.Bags(point_ids, mask, np.array([requests[r][0] for r in kept]))
+        owners = [requests[r][0] for r in kept]
+        bags = pipeline.Bags(point_ids, mask, np.array(owners + owners[-1:] * (n_bags - len(kept))))
         settings = dataclasses.replace(self.settings, seed=seed)
         tokens, lengths = pipeline.decode_bags(self.loaded, bags, settings, self.clock)
         for b, r in enumerate(kept[: len(tokens)]):
@@ -119,17 +125,18 @@ def run(problems: list[Problem], loaded: LoadedModel, settings: pipeline.Setting
     """Seeds, evolves and chooses for all ``problems`` at once."""
     rows = [Rows.split(p) for p in problems]
     training = [dataclasses.replace(p, fit_rows=r.train) for p, r in zip(problems, rows)]
-    sampled, as_written, counts, dropped = _seeds(training, loaded, settings, clock)
+    seeds, counts, dropped = _seeds(training, loaded, settings, clock)
     with clock.stage("search"):
+        search_settings = _search_settings(settings, clock, loaded.max_features)
+        proposer = None
+        if settings.model_proposals and settings.seeds == "model" and not loaded.untrained:
+            proposer = ModelProposer(loaded, problems, rows, settings,
+                                     search_settings.max_requests * len(problems))
         result = evolve(
             [(p.user_units(r.search), p.y[r.search], p.weight[r.search])
              for p, r in zip(problems, rows)],
-            seeds=[a + b for a, b in zip(sampled, as_written)],
-            settings=_search_settings(settings, clock, loaded.max_features),
-            proposer=(ModelProposer(loaded, problems, rows, settings)
-                      if settings.model_proposals and settings.seeds == "model"
-                      and not loaded.untrained else None),
-            seed_origin=MODEL_SAMPLE)
+            seeds=seeds,
+            settings=search_settings, proposer=proposer, seed_origin=MODEL_SAMPLE)
     if result.stopped in ("max_time", "interrupted"):
         clock.stopped_early = True
     with clock.stage("select"):
@@ -138,34 +145,47 @@ def run(problems: list[Problem], loaded: LoadedModel, settings: pipeline.Setting
             counts[i].update(generations=result.generations, evaluations=result.evaluations,
                              stopped=result.stopped)
             finalists = [(c.expr, c.origin) for c in result.fronts[i]]
-            finalists += [(e, SOURCE_SAMPLE) for e in sampled[i][:SAMPLED_FINALISTS]]
             finalists.append((linear_fit(p, rows[i].train), SOURCE_BASELINE))
             outcomes.append(choose(p, rows[i], finalists, counts[i], dropped[i]))
     return outcomes
 
 
 def _seeds(training, loaded, settings, clock):
-    """Per problem, the model's samples refined in the user's units, best first, and the
-    same samples as the model wrote them (formulas of the standardised features, read as
-    formulas of the raw ones: the unscaled forms are often too long for the search, while
-    these keep the model's skeleton for refinement to fit). None with seeds="random"."""
+    """Per problem, the model's unique samples (one per skeleton) twice: in the user's units,
+    and as the model wrote them (formulas of the standardised features, read as formulas of
+    the raw ones: the unscaled forms are often too long for the search, while these keep the
+    model's skeleton for refinement to fit). Empty with seeds="random".
+
+    The samples are neither scored nor refined here: the search scores its whole initial
+    population in one call and refines the best of it with its own compiled solver.
+    """
     counts = [pipeline.new_counts() for _ in training]
     dropped = [Counter() for _ in training]
     if settings.seeds != "model":
-        return [[] for _ in training], [[] for _ in training], counts, dropped
-    # The search refines its seeds itself (with one compiled solver for the whole run), so
-    # the samples are not refined here: that would compile a solver per pool size.
-    unrefined = dataclasses.replace(settings, refine=False)
+        return [[] for _ in training], counts, dropped
+    # Longer samples do not fit the search; decoding fewer steps makes each call shorter.
+    short = dataclasses.replace(settings, max_len=min(settings.max_len, SEED_TOKENS))
     with clock.until(None if settings.max_time is None
                      else SEEDING_SHARE * settings.max_time):
-        pool, counts, dropped, as_written = pipeline.sample(training, loaded, unrefined, clock)
-    sampled, written = [], []
-    for i in range(len(training)):
-        mine = np.flatnonzero(pool.problem == i)
-        mine = mine[np.argsort(-np.nan_to_num(pool.r2[mine], nan=-np.inf), kind="stable")]
-        sampled.append([pool.exprs[j] for j in mine])
-        written.append([as_written[j] for j in mine])
-    return sampled, written, counts, dropped
+        with clock.stage("encode"):
+            bags = pipeline.make_bags(training, short, loaded.max_features)
+        if not len(bags.problem):
+            return [[] for _ in training], counts, dropped
+        with clock.stage("decode"):
+            tokens, lengths = pipeline.decode_bags(loaded, bags, short, clock)
+    for i in bags.problem[: len(tokens)]:
+        counts[i]["bags"] += 1
+    with clock.stage("parse"):
+        pool = pipeline.parse(tokens, lengths, bags, training, counts, dropped)
+    seeds = []
+    for i, p in enumerate(training):
+        unique = {}
+        for j in np.flatnonzero(pool.problem == i):
+            unique.setdefault(pool.exprs[j].skeleton(), pool.exprs[j])
+        counts[i]["unique"] = len(unique)
+        written = list(unique.values())
+        seeds.append([pipeline.unscale(e, p) for e in written] + written)
+    return seeds, counts, dropped
 
 
 def _search_settings(settings: pipeline.Settings, clock: pipeline.Clock,
@@ -203,9 +223,13 @@ def choose(p: Problem, rows: Rows, finalists, counts, dropped) -> pipeline.Outco
                                [dropped])[0]
     complexity = np.array([e.complexity() for e in exprs])
     order = np.lexsort(([t[0] for t in train], complexity))
-    mse, r2 = (np.array([train[k][j] for k in order]) for j in (0, 1))
     val_r2 = np.array([valid[k][1] for k in order])
     selected = _simplest_within_tolerance(1.0 - val_r2)
+    k = order[selected]
+    exprs[k] = _polish(exprs[k], p, rows.train)
+    train[k], valid[k] = _metrics(exprs[k], p, rows.train), _metrics(exprs[k], p, judged)
+    mse, r2 = (np.array([train[k][j] for k in order]) for j in (0, 1))
+    val_r2 = np.array([valid[k][1] for k in order])
     return pipeline.Outcome(
         exprs=[pipeline.to_columns(exprs[k], p) for k in order], r2=r2, mse=mse,
         complexity=complexity[order], refined=np.ones(len(order), bool),
@@ -223,6 +247,18 @@ def linear_fit(p: Problem, rows) -> Expr:
     for k, a in enumerate(coef[1:]):
         tree = Expr.op("add", tree, Expr.op("mul", Expr.const(a), Expr.var(k)))
     return tree
+
+
+def _polish(expr: Expr, p: Problem, rows) -> Expr:
+    """The selected formula's constants refined in float64 on all training rows: the search
+    refines in float32 on a subset, which leaves about 7 correct digits (3 prints as
+    2.9999998). One formula with scipy's BFGS: milliseconds, nothing to compile."""
+    if not expr.n_constants:
+        return expr
+    with np.errstate(all="ignore"):
+        polished, _, _ = scipy_refine(expr, p.user_units(rows), p.y[rows], p.weight[rows],
+                                      max_iter=POLISH_ITERATIONS)
+    return polished
 
 
 def _metrics(expr: Expr, p: Problem, rows) -> tuple[float, float]:

@@ -504,9 +504,8 @@ def new_counts() -> dict:
 
 def sample(problems: list[Problem], loaded: LoadedModel, settings: Settings, clock: Clock):
     """The paper's protocol up to ranking: every unique sampled formula of every problem,
-    in the user's units (variables: selected features), refined. Returns the pool, the
-    per-problem counters and drop reasons, and each candidate as the model wrote it (a
-    formula of the standardised features)."""
+    in the user's units (variables: selected features), refined. Returns the pool and the
+    per-problem counters and drop reasons."""
     counts = [new_counts() for _ in problems]
     dropped = [Counter() for _ in problems]
     with clock.stage("encode"):
@@ -522,14 +521,13 @@ def sample(problems: list[Problem], loaded: LoadedModel, settings: Settings, clo
         pool = parse(tokens, lengths, bags, problems, counts, dropped)
     with clock.stage("score"):
         pool = dedupe(score(pool, problems, dropped), counts)
-    as_written = list(pool.exprs)
     with clock.stage("refine"):
         pool = refine(pool, problems, settings, clock)
-    return pool, counts, dropped, as_written
+    return pool, counts, dropped
 
 
 def run(problems: list[Problem], loaded: LoadedModel, settings: Settings, clock: Clock):
     """Every stage for all ``problems`` at once; returns one ``Outcome`` per problem."""
-    pool, counts, dropped, _ = sample(problems, loaded, settings, clock)
+    pool, counts, dropped = sample(problems, loaded, settings, clock)
     with clock.stage("select"):
         return select(pool, problems, counts, dropped)

@@ -70,8 +70,9 @@ class SearchSettings:
         unrefined formulas of each problem every ``refine_every`` generations.
       proposal_every: generations between rounds of model proposals (0: none).
       proposal_members: front members per problem whose residual and ratio are proposed on.
-      dtype: precision of scoring ("float32" or "float64"); refinement, the archive's
-        errors after refinement and the final front are float64 whatever this is.
+      dtype: precision of scoring and refinement ("float32" or "float64"). float32 halves
+        the cost of both and resolves R2 to about 1e-7 (callers that need more re-measure
+        the final front, as the regressor does in float64).
       width: columns the data are padded to (a caller fitting data of many widths passes
         its maximum, so that one compiled evaluator serves them all).
       seed: random seed (with the same seed and generation count, the same result).
@@ -97,6 +98,12 @@ class SearchSettings:
     width: int | None = None
     seed: int = 0
     verbose: int = 0
+
+    @property
+    def max_requests(self) -> int:
+        """Model proposal requests per problem and round at most: y, and the residual and
+        ratio of each of ``proposal_members`` front members."""
+        return 1 + 2 * self.proposal_members
 
     def check(self) -> None:
         for name in ("population_size", "max_length", "tournament_size", "refine_every"):
@@ -271,6 +278,13 @@ def evolve(problems: Sequence[tuple], seeds: Sequence[Sequence[Expr]] | None = N
                         host_seconds=seconds - clock.device)
 
 
+def _score_sizes(batch: int) -> tuple[int, int]:
+    """(small, large) rows per scoring call for a search whose offspring are ``batch`` rows:
+    the large size holds them in one call, the small one (an eighth) serves proposals."""
+    large = max(64, 1 << (batch - 1).bit_length())
+    return max(64, large // 8), large
+
+
 def _progress(settings: SearchSettings):
     if not settings.verbose:
         return None
@@ -301,11 +315,14 @@ class _Search:
         self.pool_size = np.array([p.size for p in pools])
         self.rates = self._rates()
         # a + b f adds 4 nodes and 2 constants to the longest f (proposals f + g, f * g
-        # longer than max_length are dropped before refinement). Operator capacity is an
-        # average per formula: a quarter of the bound covers typical batches, and a batch of long
-        # formulas compiles one larger variant.
+        # longer than max_length are dropped before refinement). Every capacity covers the
+        # longest formula, so that the solver compiles once per search: a compilation costs
+        # seconds on a CPU, a larger buffer only a fraction of each call.
         bound = 1 << (settings.max_length + 4 - 1).bit_length()
-        self.refine_size = ProgramSize(ops=bound // 4, constants=bound, depth=bound)
+        self.refine_size = ProgramSize(ops=bound, constants=bound, depth=bound)
+        # Scoring calls take one of two sizes (each compiles once): the offspring of all
+        # problems, and an eighth of it for small batches (proposals).
+        self.score_sizes = _score_sizes(settings.population_size * data.n_problems)
 
     def _rates(self) -> np.ndarray:
         p = self.settings.rates.probabilities()
@@ -317,15 +334,20 @@ class _Search:
     # ------------------------------------------------------------------ scoring
 
     def score(self, genomes: Genomes, problem: np.ndarray) -> fitness.Scores:
-        """Scores rows in batches of a fixed set of sizes (each compiles once)."""
+        """Scores rows in calls of the sizes in ``score_sizes`` (the last one padded with
+        repeats of the last row)."""
         n = genomes.size
-        size = max(64, 1 << (n - 1).bit_length())
-        pad = np.minimum(np.arange(size), n - 1)  # repeats of the last row
+        small, large = self.score_sizes
+        size = small if n <= small else large
+        parts = []
         started = time.perf_counter()
-        scores = fitness.score(genomes.take(pad), problem[pad], self.data, self.settings.dtype)
+        for first in range(0, n, size):
+            rows = np.minimum(np.arange(first, first + size), n - 1)
+            parts.append(fitness.score(genomes.take(rows), problem[rows], self.data,
+                                       self.settings.dtype).take(np.arange(min(size, n - first))))
         self.clock.device += time.perf_counter() - started
         self.clock.evaluations += n
-        return scores.take(np.arange(n))
+        return fitness.Scores.concatenate(parts)
 
     def _population(self, genomes, problem, origin) -> _Population:
         return _Population(genomes, self.score(genomes, problem), problem, origin,
@@ -469,7 +491,7 @@ class _Search:
         started = time.perf_counter()
         result = refine_constants(exprs, self.data.X, self.data.y, sample_weight=self.data.weight,
                                   dataset_index=problem,
-                                  max_iter=iterations, dtype="float64",
+                                  max_iter=iterations, dtype=self.settings.dtype,
                                   min_size=self.refine_size)
         self.clock.device += time.perf_counter() - started
         return result
@@ -514,19 +536,12 @@ class _Search:
             return population
         problem = np.asarray(owner)[kept]
         fresh = self._population(genomes, problem, np.full(genomes.size, MODEL_PROPOSAL, np.int8))
-        order = np.argsort(problem, kind="stable")
-        fresh = self.refine_all(fresh.take(order))
+        # The best refine_top of each problem's proposals are refined, as the seeds are: a
+        # batch of the usual size reuses the compiled solver.
+        fresh = self.refine(fresh.take(np.argsort(problem, kind="stable")),
+                            INITIAL_REFINE_ITERATIONS)
         merged = _Population.concatenate([population, fresh])
         return merged.take(np.argsort(merged.problem, kind="stable"))
-
-    def refine_all(self, population: _Population) -> _Population:
-        """Refines every row (for a small batch of proposals)."""
-        settings = self.settings
-        try:
-            self.settings = dataclasses.replace(settings, refine_top=population.genomes.size)
-            return self.refine(population, INITIAL_REFINE_ITERATIONS)
-        finally:
-            self.settings = settings
 
     # ------------------------------------------------------------------ archive and output
 
