@@ -42,12 +42,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 from timing import first_and_median  # noqa: E402  (benchmarks/timing.py)
 
+from jaxsr import parallel  # noqa: E402
 from jaxsr.data import Generator, GeneratorConfig  # noqa: E402
 from jaxsr.data.batching import build_batch, default_token_buckets  # noqa: E402
 from jaxsr.model import E2EModel, abstract_params, count_params, get_config  # noqa: E402
-from jaxsr.train import parallel  # noqa: E402
 from jaxsr.train.step import (  # noqa: E402
-    Batch, init_state, make_optimizer, make_train_step, micro_batch_rows,
+    Batch, init_state, make_optimizer, make_train_step, micro_batch_rows, pmap_step,
 )
 
 N_POINTS = 100
@@ -86,7 +86,7 @@ def jax_step(config, params_seed: int, batch: Batch, repeats: int) -> dict:
     model = E2EModel(config)
     optimizer = make_optimizer(CLIP)
     state = parallel.replicate(init_state(config, optimizer, params_seed))
-    step = parallel.pmap(make_train_step(model, optimizer))
+    step = pmap_step(make_train_step(model, optimizer))
     sharded = parallel.shard(batch)
     lr = np.float32(LR)
     holder = {"state": state}
@@ -110,7 +110,7 @@ def _xla_flops(model, state, sharded) -> float | None:
     """FLOPs of one step by XLA's cost analysis of the lowered whole-batch step (a
     micro-batch scan would be counted once, not per micro-batch); lowering only, no
     compilation. None where the backend gives no figure."""
-    step = parallel.pmap(make_train_step(model, make_optimizer(CLIP), micro_batch=0))
+    step = pmap_step(make_train_step(model, make_optimizer(CLIP), micro_batch=0))
     try:
         cost = step.lower(state, sharded, np.float32(LR)).cost_analysis()
     except Exception:  # noqa: BLE001 (some backends implement no cost analysis)

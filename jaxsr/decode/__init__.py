@@ -3,7 +3,9 @@
 Each strategy is one jit-compiled ``lax.while_loop`` over a static-shape ``DecodeCache``,
 batched over bags (point sets) and candidates at once, stopping as soon as every sequence
 has ended (``<EOS>``) or ``max_len`` tokens exist. With several local devices, bags are
-split over them with ``pmap``.
+split over them with ``pmap`` (``jaxsr.parallel.map_rows``; the last bag is repeated to fill
+the last device). Results do not depend on the split: every strategy treats bags
+independently (sampling keys are per bag, beam search freezes a finished bag).
 
 >>> from jaxsr import decode
 >>> out = decode.sample(model, params, point_ids, point_mask, key=jax.random.key(0), n=16,

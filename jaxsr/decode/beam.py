@@ -33,8 +33,8 @@ from jaxsr.decode.common import (
     DEFAULT_MAX_LEN, EOS, PAD, Decoded, check_inputs, check_positive_int, decode_step,
     encode_and_cache,
 )
-from jaxsr.decode.parallel import map_over_bags
 from jaxsr.model import DecodeCache, E2EModel
+from jaxsr.parallel import map_rows
 
 Array = jax.Array
 NEG_INF = -jnp.inf  # the score of an empty slot
@@ -76,8 +76,8 @@ def beam_search(model: E2EModel, params, point_ids, point_mask, *, beam_size: in
         raise ValueError(f"early_stopping must be a bool, got {early_stopping!r}")
     fn = _bound_search(model, beam_size=beam_size, max_len=max_len,
                        early_stopping=early_stopping)
-    return map_over_bags(fn, params, jnp.float32(length_penalty), point_ids, point_mask,
-                         devices=devices)
+    return map_rows(fn, (params, jnp.float32(length_penalty)), (point_ids, point_mask),
+                    devices=devices)
 
 
 # ----------------------------------------------------------------------------- beam helpers

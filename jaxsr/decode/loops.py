@@ -21,8 +21,8 @@ from jaxsr.decode.common import (
     DEFAULT_MAX_LEN, EOS, PAD, Decoded, check_inputs, check_positive_int, decode_step,
     encode_and_cache,
 )
-from jaxsr.decode.parallel import map_over_bags
 from jaxsr.model import DecodeCache, E2EModel
+from jaxsr.parallel import map_rows
 
 Array = jax.Array
 
@@ -54,8 +54,8 @@ def greedy(model: E2EModel, params, point_ids, point_mask, *,
     check_inputs(model, point_ids, point_mask, max_len)
     fn = _bound_sampler(model, n=1, max_len=max_len, top_k=None, top_p=None, greedy=True)
     dummy_keys = jnp.zeros((point_ids.shape[0],), jnp.uint32)
-    return map_over_bags(fn, params, jnp.float32(1.0), point_ids, point_mask, dummy_keys,
-                         devices=devices)
+    return map_rows(fn, (params, jnp.float32(1.0)), (point_ids, point_mask, dummy_keys),
+                    devices=devices)
 
 
 def sample(model: E2EModel, params, point_ids, point_mask, *, key, n: int = 1,
@@ -76,8 +76,8 @@ def sample(model: E2EModel, params, point_ids, point_mask, *, key, n: int = 1,
                         top_p=None if top_p is None else float(top_p), greedy=False)
     bag_keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(
         jnp.arange(point_ids.shape[0], dtype=jnp.uint32))
-    return map_over_bags(fn, params, jnp.float32(temperature), point_ids, point_mask,
-                         bag_keys, devices=devices)
+    return map_rows(fn, (params, jnp.float32(temperature)), (point_ids, point_mask, bag_keys),
+                    devices=devices)
 
 
 def _check_sampling_options(model, temperature, top_k, top_p) -> None:

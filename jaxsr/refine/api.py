@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr import parallel
 from jaxsr.expr.programs import ProgramSize, compile_programs
 from jaxsr.expr.tree import Expr, parse_prefix
 from jaxsr.refine import batched, solvers
 from jaxsr.refine.objective import Problem
+from jaxsr.shapes import pad_to
 
 STATUS_OK, STATUS_NON_FINITE, STATUS_NO_CONSTANTS = "ok", "non-finite", "no constants"
 # "batched" (the default) is jaxsr's own L-BFGS with the line search flattened into its loop
@@ -200,43 +202,30 @@ class _Shards:
     Padding lanes hold ``_FILLER`` (no operators, no constants) and are never active.
     """
 
-    def __init__(self, exprs, lanes, data: _Data, size: ProgramSize, per_shard: int, dtype):
-        self.n_shards = jax.local_device_count()
-        self.count = len(lanes)
-        total = per_shard * self.n_shards
-        padded = [exprs[i] for i in lanes] + [_FILLER] * (total - len(lanes))
-        shards = [padded[i * per_shard:(i + 1) * per_shard] for i in range(self.n_shards)]
-        programs = [compile_programs(shard, size) for shard in shards]
-        pad = lambda a, fill: np.concatenate([a[lanes], np.full(total - len(lanes), fill, a.dtype)])
+    def __init__(self, exprs, lanes, data: _Data, size: ProgramSize, per_shard: int | None,
+                 dtype):
+        self.split = parallel.Split.of(len(lanes), per_device=per_shard)
+        padded = pad_to([exprs[i] for i in lanes], self.split.total, _FILLER)
+        per = self.split.per_device
+        programs = [compile_programs(padded[i * per:(i + 1) * per], size)
+                    for i in range(self.split.devices)]
         self.problem = Problem(
             jax.tree.map(lambda *leaves: np.stack(leaves), *programs), data.X, data.y,
-            data.weight, self.shard(pad(data.dataset_index.astype(np.int32), 0)),
-            self.shard(pad(data.inverse_variance.astype(dtype), 1)))
-
-    def shard(self, a):
-        """(lanes + padding, ...) -> (devices, per_shard, ...)."""
-        a = np.asarray(a)
-        return a.reshape(self.n_shards, -1, *a.shape[1:])
+            data.weight, self.pad_and_shard(data.dataset_index[lanes].astype(np.int32), 0),
+            self.pad_and_shard(data.inverse_variance[lanes].astype(dtype), 1))
 
     def pad_and_shard(self, a, fill=0):
-        a = np.asarray(a)
-        padding = np.full((self.n_shards * self.per_shard - len(a), *a.shape[1:]), fill, a.dtype)
-        return self.shard(np.concatenate([a, padding]))
-
-    @property
-    def per_shard(self) -> int:
-        return self.problem.dataset_index.shape[1]
+        """(lanes, ...) -> (devices, per_shard, ...), padding lanes set to ``fill``."""
+        return self.split.shard(np.asarray(a), fill)
 
     def unshard(self, tree):
         """Back to (lanes, ...) on the host, padding dropped."""
-        return jax.tree.map(lambda a: np.asarray(a).reshape(-1, *a.shape[2:])[: self.count], tree)
+        return self.split.unshard(jax.device_get(tree))
 
 
 def _refine_lockstep(exprs, data, params0, has_constants, size, settings):
     """jaxopt / optax: every candidate in one vmapped solver loop per device."""
-    n_devices = jax.local_device_count()
-    shards = _Shards(exprs, np.arange(len(exprs)), data, size, -(-len(exprs) // n_devices),
-                     params0.dtype)
+    shards = _Shards(exprs, np.arange(len(exprs)), data, size, None, params0.dtype)
     outcome, initial = _pmapped_lockstep(settings)(
         shards.problem, shards.pad_and_shard(params0), shards.pad_and_shard(has_constants))
     return shards.unshard(outcome), shards.unshard(initial)
@@ -257,7 +246,7 @@ SHRINK, MIN_LANES = 4, 64
 
 def _refine_in_rounds(exprs, data, params0, has_constants, size, settings, min_size=None):
     """The batched solver, in rounds over ever smaller batches of the active candidates."""
-    n_devices = jax.local_device_count()
+    n_devices = parallel.device_count()
     state = batched.initial_state(params0, has_constants, settings.history, settings.max_iter)
     # The budget travels in the state: one compiled round serves every max_iter.
     round_settings = dataclasses.replace(settings, max_iter=0)
@@ -300,13 +289,14 @@ def _pmapped_lockstep(settings: solvers.Settings):
 
     Built once per settings: pmap caches its compiled code by function identity.
     """
-    return jax.pmap(functools.partial(_lockstep, settings=settings), in_axes=(_AXES, 0, 0))
+    return parallel.pmap(functools.partial(_lockstep, settings=settings),
+                         in_axes=(_AXES, 0, 0))
 
 
 @functools.lru_cache(maxsize=32)
 def _pmapped_round(settings: solvers.Settings):
-    return jax.pmap(functools.partial(batched.run_round, settings=settings),
-                    in_axes=(_AXES, 0, 0))
+    return parallel.pmap(functools.partial(batched.run_round, settings=settings),
+                         in_axes=(_AXES, 0, 0))
 
 
 # Programs and per-candidate arrays are split over devices; the datasets are replicated.

@@ -35,10 +35,10 @@ import jax
 import numpy as np
 
 import jaxsr
+from jaxsr import parallel
 from jaxsr.data import Generator, StreamState, batches
 from jaxsr.fileio import atomic_write
 from jaxsr.model import E2EModel, count_params
-from jaxsr.train import parallel
 from jaxsr.train.checkpoint import Checkpoints
 from jaxsr.train.config import TrainConfig
 from jaxsr.train.logging import RunLogger
@@ -49,6 +49,7 @@ from jaxsr.train.step import (
     init_state,
     make_optimizer,
     make_train_step,
+    pmap_step,
 )
 from jaxsr.train.validation import make_validation_set, validate
 
@@ -249,7 +250,7 @@ def _pmapped_step(model_config, clip_norm: float, micro_batch: int | None):
     """One pmapped step per (model, clip, micro-batch): repeated ``train`` calls in a
     process (tests, notebooks) reuse its compiled code."""
     step = make_train_step(E2EModel(model_config), make_optimizer(clip_norm), micro_batch)
-    return parallel.pmap(step)
+    return pmap_step(step)
 
 
 def _initialize_distributed(config: TrainConfig) -> None:

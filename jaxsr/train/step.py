@@ -1,6 +1,6 @@
 """The train state, the optimiser, the loss and the per-device train step.
 
-The step runs under ``parallel.pmap``: each device holds a slice of the batch and a copy of
+The step runs under ``pmap_step``: each device holds a slice of the batch and a copy of
 the state. The loss is the cross-entropy summed over every non-padding target token of the
 *global* batch and divided by the global count of such tokens, so one device and eight
 devices with the same global batch compute the same loss and the same update.
@@ -21,8 +21,8 @@ import numpy as np
 import optax
 from flax import struct
 
+from jaxsr import parallel
 from jaxsr.model import E2EModel, ModelConfig, init_params
-from jaxsr.train import parallel
 
 # The reference's Adam (docs/reference.md 4.2): bias-corrected, no weight decay.
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
@@ -134,9 +134,16 @@ def summed_loss_and_grads(model: E2EModel, params, batch: Batch, rows: int):
     return jax.lax.scan(accumulate, zero, chunks)[0]
 
 
+def pmap_step(step):
+    """``step`` on every local device: the state replicated and its buffers reused for the
+    new state (donated), the batch split along the device axis, the learning rate sent
+    whole to every device."""
+    return parallel.pmap(step, in_axes=(0, 0, None), donate_argnums=(0,))
+
+
 def make_train_step(model: E2EModel, optimizer: optax.GradientTransformation,
                     micro_batch: int | None = None):
-    """``step(state, batch, lr) -> (state, metrics)`` for one device under ``parallel.pmap``.
+    """``step(state, batch, lr) -> (state, metrics)`` for one device under ``pmap_step``.
 
     ``lr`` is this update's learning rate (a float32 scalar, the same on every device);
     ``micro_batch`` is ``TrainConfig.micro_batch`` (see ``micro_batch_rows``).
