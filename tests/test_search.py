@@ -10,7 +10,7 @@ from jaxsr.expr.programs import assemble
 from jaxsr.expr.random_trees import random_expr
 from jaxsr.search import SearchSettings, evolve
 from jaxsr.search import fitness, selection, variation
-from jaxsr.search.population import Genomes, Structure, program_size, to_nodes
+from jaxsr.search.population import Genomes, Structure, Terms, program_size, to_nodes
 
 SMALL = dict(population_size=256, max_length=24, seed=0)
 
@@ -124,10 +124,58 @@ def test_linear_scaling_is_least_squares():
     data = fitness.Data.stack([(X, y, None)])
     s = fitness.score(genomes, np.zeros(1, int), data, "float64")
     slope, intercept = np.polyfit(np.sin(X[:, 0]) * X[:, 1], y, 1)
-    assert s.slope[0] == pytest.approx(slope, rel=1e-9)
+    assert s.coefficients[0, 0] == pytest.approx(slope, rel=1e-9)
+    assert np.all(s.coefficients[0, 1:] == 0)  # one term: the rest unused
     assert s.intercept[0] == pytest.approx(intercept, rel=1e-9)
     residual = y - intercept - slope * np.sin(X[:, 0]) * X[:, 1]
     assert s.nmse[0] == pytest.approx(np.mean(residual**2) / np.var(y), rel=1e-8)
+
+
+def test_terms_split_sums_in_prefix_order():
+    exprs = [Expr.from_sympy(f, ["x", "y"]) for f in
+             ("3*x - 2*x*y - x**2", "sin(x)*y", "x + y + x*y + y**2 + sin(x) + cos(y)")]
+    genomes, _ = Genomes.from_exprs(exprs, 32)
+    terms = Terms.of(genomes, Structure.of(genomes), max_terms=4)
+    assert list(terms.count) == [3, 1, 4]
+    X = np.random.default_rng(0).uniform(0.5, 2.0, (20, 2))
+    for i, e in enumerate(exprs):
+        # The terms, with the signs of the dissolved add/sub, add up to the formula.
+        parts = terms.exprs(genomes, i)
+        signs = [1.0] * len(parts)
+        if i == 0:
+            signs = [1.0, -1.0, -1.0]
+        total = sum(s * t.evaluate(X) for s, t in zip(signs, parts))
+        np.testing.assert_allclose(total, e.evaluate(X), rtol=1e-12)
+        # Outside the terms there are no constants: theirs, in order, are the formula's.
+        own = np.concatenate([t.constants() for t in parts] + [np.zeros(0)])
+        np.testing.assert_array_equal(own, e.constants())
+
+
+def test_term_scaling_fits_every_coefficient():
+    # 1 + 3x - 2xy - x^2 is found from the shape x + xy + x^2: one scoring call.
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.5, 2.0, size=(64, 2))
+    y = 1.0 + 3 * X[:, 0] - 2 * X[:, 0] * X[:, 1] - X[:, 0] ** 2
+    shapes = ["x + x*y + x**2", "x*y", "x + x"]
+    genomes, _ = Genomes.from_exprs([Expr.from_sympy(f, ["x", "y"]) for f in shapes], 16)
+    s = fitness.score(genomes, np.zeros(3, int), fitness.Data.stack([(X, y, None)]), "float64")
+    assert s.nmse[0] < 1e-20 and list(s.n_terms) == [3, 1, 1]
+    terms = Terms.of(genomes, Structure.of(genomes), fitness.MAX_TERMS)
+    parts = terms.exprs(genomes, 0)
+    fitted = s.intercept[0] + sum(b * t.evaluate(X) for b, t in zip(s.coefficients[0], parts))
+    np.testing.assert_allclose(fitted, y, rtol=1e-9)
+    assert s.nmse[1] > 0.01  # x*y alone cannot
+
+
+def test_collinear_terms_share_their_weight():
+    rng = np.random.default_rng(1)
+    X = rng.uniform(0.5, 2.0, size=(64, 1))
+    y = 2.0 + 5.0 * X[:, 0]
+    genomes, _ = Genomes.from_exprs([Expr.from_sympy("x + 2.5*x", ["x"]), Expr.var(0)], 16)
+    data = fitness.Data.stack([(X, y, None)])
+    for dtype, tol in (("float64", 1e-20), ("float32", 1e-9)):
+        s = fitness.score(genomes, np.zeros(2, int), data, dtype)
+        assert np.all(s.nmse < tol) and np.all(np.isfinite(s.coefficients))
 
 
 def test_non_finite_candidates_stay_in_their_lane():

@@ -146,11 +146,12 @@ class Programs:
     constants: np.ndarray     # (B, K) float64, prefix order
     constant_mask: np.ndarray # (B, K) bool, slots in use
     n_variables: np.ndarray   # () 1 + the largest variable index used (0 if none)
+    taps: Operands | None = None  # extra nodes whose values ``evaluate_taps`` reads
     size: ProgramSize = ProgramSize(4, 4, 4)
     chunk: int = MAX_CHUNK
 
     _ARRAYS = ("operands", "roots", "chunk_start", "chunk_count", "chunk_opcode", "n_chunks",
-               "parent", "const_position", "constants", "constant_mask", "n_variables")
+               "parent", "const_position", "constants", "constant_mask", "n_variables", "taps")
 
     def tree_flatten(self):
         return tuple(getattr(self, k) for k in self._ARRAYS), (self.size, self.chunk)
@@ -283,10 +284,13 @@ class Nodes:
             root=np.cumsum(lengths) - 1, constants=constants, n_constants=n_constants)
 
 
-def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None) -> Programs:
+def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None,
+             taps: np.ndarray | None = None) -> Programs:
     """The interpreter's tables for ``nodes`` (host-side numpy work, no per-program loop).
 
-    The caller guarantees that the programs fit ``size`` (``ProgramSize.check``).
+    The caller guarantees that the programs fit ``size`` (``ProgramSize.check``). ``taps``:
+    global node indices (any shape, -1 for "the number 0") whose values ``evaluate_taps``
+    returns besides the roots, read from the same forward pass.
     """
     B, K = len(nodes.root), size.constants
     chunk = chunk or default_chunk(B * size.ops)
@@ -314,6 +318,7 @@ def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None) -> Progr
         as_operand)
     operands.program = np.where(operands.program < 0, 0, operands.program).astype(np.int32)
     roots = jax.tree.map(lambda a: a[nodes.root], as_operand)
+    tapped = None if taps is None else jax.tree.map(lambda a: a[taps], as_operand)
 
     starts, counts, opcodes = _chunks(height[order], arg[order], chunk)
     n_slots = -(-RB // chunk) + min(RB, size.depth * len(operators.FUNCTIONS))
@@ -330,7 +335,7 @@ def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None) -> Progr
     tables = jax.device_put((operands, roots, pad(starts), pad(counts), pad(opcodes),
                              np.int32(len(starts)), parent, const_position))
     return Programs(*tables, constants, mask, np.int32(used.max() + 1 if len(used) else 0),
-                    size=size, chunk=chunk)
+                    taps=jax.device_put(tapped), size=size, chunk=chunk)
 
 
 def _cotangent_rows(kind, arg, program, node_index, kids, root, n_node_rows: int, K: int):
@@ -461,9 +466,13 @@ class _Frame:
         return _Frame(p, consts_flat, n_x_rows, sink, rows, *p.operands.scalars(consts_flat))
 
     def root_values(self, buf, data_index, n_dims):
-        rows = self.p.roots.rows(data_index, n_dims, self.n_x_rows, self.sink)
-        scalar, is_scalar = self.p.roots.scalars(self.consts_flat)
-        return jnp.where(is_scalar[:, None], scalar[:, None], buf[rows]), rows
+        return self.values(self.p.roots, buf, data_index, n_dims)
+
+    def values(self, operands: Operands, buf, data_index, n_dims):
+        """Values (..., N) of ``operands`` in the filled buffer, and their buffer rows."""
+        rows = operands.rows(data_index, n_dims, self.n_x_rows, self.sink)
+        scalar, is_scalar = operands.scalars(self.consts_flat)
+        return jnp.where(is_scalar[..., None], scalar[..., None], buf[rows]), rows
 
     def chunk(self, j):
         """Chunk j: its operands (rows, scalars, mask), first output row and node slice."""
@@ -540,6 +549,31 @@ def _evaluate(p: Programs, consts, x_rows, data_index, n_dims):
     if size == x_rows.shape[1]:
         return block(x_rows)
     return _unblock(lax.map(block, _blocks(x_rows, size)), x_rows.shape[1])
+
+
+@jax.jit
+def _evaluate_taps_jit(p: Programs, X, data_index):
+    n_sets, n_points, n_dims = X.shape
+    x_rows = jnp.swapaxes(X, 1, 2).reshape(n_sets * n_dims, n_points)
+    frame = _Frame.make(p, p.constants.astype(X.dtype), x_rows, data_index, n_dims)
+    size = _block_points(p, x_rows, buffers=1)
+
+    def block(xb):
+        return frame.values(p.taps, _forward_buffer(frame, xb), data_index, n_dims)[0]
+
+    if size == x_rows.shape[1]:
+        return block(x_rows)
+    values = lax.map(block, _blocks(x_rows, size))  # (blocks, ..., Nb)
+    return jnp.moveaxis(values, 0, -2).reshape(*values.shape[1:-1], -1)[..., :n_points]
+
+
+def evaluate_taps(programs: Programs, X, dataset_index) -> jax.Array:
+    """Values of the nodes ``programs`` was assembled with as ``taps``: ``taps.shape + (N,)``,
+    program i on ``X[dataset_index[i]]`` (X: (P, N, D), its dtype the compute dtype). One
+    forward pass, as ``evaluate_programs``; not differentiable."""
+    if programs.taps is None:
+        raise ValueError("these programs were assembled without taps")
+    return _evaluate_taps_jit(programs, jnp.asarray(X), jnp.asarray(dataset_index, jnp.int32))
 
 
 def _evaluate_fwd(p, consts, x_rows, data_index, n_dims):

@@ -19,9 +19,9 @@ import numpy as np
 
 from jaxsr import decode
 from jaxsr.expr import Expr, encode_points
+from jaxsr.refine.reference import scipy_refine
 from jaxsr.regressor import pipeline
 from jaxsr.regressor.inputs import Problem
-from jaxsr.refine.reference import scipy_refine
 from jaxsr.regressor.models import LoadedModel
 from jaxsr.search import SearchSettings, evolve
 from jaxsr.search.engine import MODEL_SAMPLE

@@ -34,7 +34,7 @@ from jaxsr.expr.programs import KIND_CONST, ProgramSize
 from jaxsr.expr.tree import Expr
 from jaxsr.refine import refine_constants
 from jaxsr.search import fitness, selection, variation
-from jaxsr.search.population import Genomes
+from jaxsr.search.population import Genomes, Structure, Terms
 
 # Where a formula came from; a child of any variation is "evolved".
 ORIGINS = ("model sample", "model proposal", "evolved", "random tree", "baseline")
@@ -135,8 +135,10 @@ def _positive_int(name, value, allow_zero=False) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """A member of a final front: the formula with its scaling written in (``a + b f``
-    folded), its training error, complexity and origin."""
+    """A member of a final front: the formula with its fitted sum written in
+    (``a + b_1 t_1 + ...``, each b folded into its term where it can be), its training
+    error, complexity (as the search ranks it: the formula's nodes plus 2 per coefficient)
+    and origin."""
 
     expr: Expr
     nmse: float
@@ -185,6 +187,12 @@ class _Population:
         return _Population(Genomes.concatenate([p.genomes for p in parts]),
                            fitness.Scores.concatenate([p.scores for p in parts]),
                            cat("problem"), cat("origin"), cat("refined"))
+
+    @property
+    def complexity(self) -> np.ndarray:
+        """Nodes of each formula with its fitted sum written in: the genome, plus a
+        coefficient (a constant and a product) per term, plus the intercept's."""
+        return self.genomes.length + 2 * self.scores.n_terms + 2
 
     def blocks(self, n_problems: int):
         start = np.searchsorted(self.problem, np.arange(n_problems))
@@ -314,11 +322,12 @@ class _Search:
         self.pool_start = np.cumsum([0] + [p.size for p in pools])[:-1]
         self.pool_size = np.array([p.size for p in pools])
         self.rates = self._rates()
-        # a + b f adds 4 nodes and 2 constants to the longest f (proposals f + g, f * g
-        # longer than max_length are dropped before refinement). Every capacity covers the
+        # a + sum_k b_k t_k adds at most 2 + 2 MAX_TERMS nodes and 1 + MAX_TERMS constants
+        # to the longest f (proposals f + g, f * g longer than max_length are dropped before
+        # refinement). Every capacity covers the
         # longest formula, so that the solver compiles once per search: a compilation costs
         # seconds on a CPU, a larger buffer only a fraction of each call.
-        bound = 1 << (settings.max_length + 4 - 1).bit_length()
+        bound = 1 << (settings.max_length + 2 + 2 * fitness.MAX_TERMS - 1).bit_length()
         self.refine_size = ProgramSize(ops=bound, constants=bound, depth=bound)
         # Scoring calls take one of two sizes (each compiles once): the offspring of all
         # problems, and an eighth of it for small batches (proposals).
@@ -404,7 +413,7 @@ class _Search:
         s, Q = self.settings, self.data.n_problems
         start, size = population.blocks(Q)
         pick = lambda: selection.tournament(self.rng, population.scores.nmse,
-                                            population.genomes.length, start, size,
+                                            population.complexity, start, size,
                                             s.population_size, s.tournament_size)
         parents, mates = pick(), pick()
         problem = population.problem[parents]
@@ -453,7 +462,7 @@ class _Search:
         keep = selection.unique_best(population.genomes.skeleton_keys(), population.problem,
                                      population.scores.nmse)
         population = population.take(keep)
-        keep = selection.survivors(population.scores.nmse, population.genomes.length,
+        keep = selection.survivors(population.scores.nmse, population.complexity,
                                    population.problem, self.settings.population_size,
                                    self.settings.selection)
         # Rows stay grouped by problem: tournaments draw from each problem's block.
@@ -473,16 +482,18 @@ class _Search:
         if not len(rows):
             return population
         genomes, scores = population.genomes.take(rows), population.scores.take(rows)
-        exprs = [affine(genomes.to_expr(i), scores.intercept[i], scores.slope[i])
-                 for i in range(genomes.size)]
+        terms = Terms.of(genomes, Structure.of(genomes), fitness.MAX_TERMS)
+        parts = [terms.exprs(genomes, i) for i in range(genomes.size)]
+        exprs = [free_sum(t, scores.intercept[i], scores.coefficients[i]) for i, t in enumerate(parts)]
         result = self._lbfgs(exprs, population.problem[rows],
                              iterations or self.settings.refine_iterations)
         nmse = result.loss / self.data.variance[population.problem[rows]]
         better = np.isfinite(nmse) & (nmse < scores.nmse)
         for i in np.flatnonzero(better):
-            c = result.constants[i]
-            genomes.value[i, genomes.kind[i] == KIND_CONST] = c[2:]  # after a and b
-            population.scores.intercept[rows[i]], population.scores.slope[rows[i]] = c[0], c[1]
+            a, b, own = split_free_sum(result.constants[i], parts[i])
+            genomes.value[i, genomes.kind[i] == KIND_CONST] = own
+            population.scores.intercept[rows[i]] = a
+            population.scores.coefficients[rows[i], : len(b)] = b
             population.scores.nmse[rows[i]] = nmse[i]
         population.genomes.value[rows] = genomes.value
         return population
@@ -512,8 +523,7 @@ class _Search:
             block = start[q] + np.argsort(population.scores.nmse[start[q]: start[q] + size[q]],
                                           kind="stable")[: s.proposal_members]
             for row in block:
-                f = scaled(population.genomes.to_expr(row), population.scores.intercept[row],
-                           population.scores.slope[row])
+                f = _formula(population, row)
                 with np.errstate(all="ignore"):
                     values = f.evaluate(self.data.X[q, :n, : self.n_variables[q]])
                 if not np.all(np.isfinite(values)):
@@ -550,7 +560,7 @@ class _Search:
         keep = selection.unique_best(merged.genomes.skeleton_keys(), merged.problem,
                                      merged.scores.nmse)
         merged = merged.take(keep)
-        ranks = selection.pareto_ranks(merged.scores.nmse, merged.genomes.length, merged.problem,
+        ranks = selection.pareto_ranks(merged.scores.nmse, merged.complexity, merged.problem,
                                        enough=1)
         front = merged.take(np.flatnonzero((ranks == 0) & np.isfinite(merged.scores.nmse)))
         return front.take(np.argsort(front.problem, kind="stable"))
@@ -570,12 +580,11 @@ class _Search:
 
     def fronts(self, archive: _Population) -> list[list[Candidate]]:
         out = [[] for _ in range(self.data.n_problems)]
-        order = np.lexsort((archive.genomes.length, archive.problem))
+        order = np.lexsort((archive.complexity, archive.problem))
         for row in order:
-            expr = scaled(archive.genomes.to_expr(row), archive.scores.intercept[row],
-                          archive.scores.slope[row])
+            expr = _formula(archive, row)
             out[archive.problem[row]].append(Candidate(
-                expr, float(archive.scores.nmse[row]), expr.complexity(),
+                expr, float(archive.scores.nmse[row]), int(archive.complexity[row]),
                 ORIGINS[archive.origin[row]]))
         return out
 
@@ -593,24 +602,48 @@ def _best_unrefined(population: _Population, k: int) -> np.ndarray:
 # ---------------------------------------------------------------------------- formulas
 
 
-def affine(f: Expr, intercept: float, slope: float) -> Expr:
-    """``a + b f`` as a tree whose first two constants (prefix order) are a and b."""
-    return Expr.op("add", Expr.const(intercept), Expr.op("mul", Expr.const(slope), f))
+def _formula(population: _Population, row: int) -> Expr:
+    """Row ``row`` with its fitted intercept and term coefficients written in."""
+    genomes = population.genomes.take([row])
+    terms = Terms.of(genomes, Structure.of(genomes), fitness.MAX_TERMS)
+    return fitted_sum(terms.exprs(genomes, 0), population.scores.intercept[row],
+                      population.scores.coefficients[row])
 
 
-def scaled(f: Expr, intercept: float, slope: float) -> Expr:
-    """``a + b f`` as a tree, with the scaling folded where f allows it (a constant f, a
-    product or sum with a leading constant), so that formulas do not grow needlessly."""
-    if not f.variables():
-        with np.errstate(all="ignore"):
-            value = float(np.asarray(f.evaluate(np.zeros((1, 1)))).reshape(-1)[0])
-        return Expr.const(intercept + slope * value if np.isfinite(value) else intercept)
-    body = f
-    if f.token == "mul" and f.children[0].is_constant:
-        body = Expr.op("mul", Expr.const(slope * f.children[0].value), f.children[1])
-    elif slope != 1.0:
-        body = Expr.op("mul", Expr.const(slope), f)
+def free_sum(terms: Sequence[Expr], intercept: float, coefficients) -> Expr:
+    """``a + b_1 t_1 + ... + b_k t_k`` with a and every b_k a constant of its own, for
+    L-BFGS: in prefix order the constants are a, then b_1 and t_1's, b_2 and t_2's, ..."""
+    *rest, last = [Expr.op("mul", Expr.const(b), t) for t, b in zip(terms, coefficients)]
+    body = last
+    for product in reversed(rest):
+        body = Expr.op("add", product, body)
     return Expr.op("add", Expr.const(intercept), body)
+
+
+def split_free_sum(constants: np.ndarray, terms: Sequence[Expr]):
+    """The constants of a refined ``free_sum`` split into (a, b (k,), the terms' own
+    constants in order)."""
+    b, own, at = [], [], 1
+    for t in terms:
+        b.append(constants[at])
+        own.extend(constants[at + 1: at + 1 + t.n_constants])
+        at += 1 + t.n_constants
+    return constants[0], np.asarray(b), np.asarray(own)
+
+
+def fitted_sum(terms: Sequence[Expr], intercept: float, coefficients) -> Expr:
+    """``a + b_1 t_1 + ...`` as it reads best: b taken into a term's leading constant factor,
+    terms with b = 0 (constant on the data: their value is in a) left out."""
+    body = None
+    for t, b in zip(terms, coefficients):
+        if b == 0.0 or not t.variables():
+            continue
+        if t.token == "mul" and t.children[0].is_constant:
+            t = Expr.op("mul", Expr.const(b * t.children[0].value), t.children[1])
+        elif b != 1.0:
+            t = Expr.op("mul", Expr.const(b), t)
+        body = t if body is None else Expr.op("add", body, t)
+    return Expr.const(intercept) if body is None else Expr.op("add", Expr.const(intercept), body)
 
 
 def _baselines(X: np.ndarray, dimension: int) -> list[Expr]:

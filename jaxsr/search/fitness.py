@@ -1,25 +1,33 @@
-"""Fitness: every candidate's error after the best affine map a + b f(x), in one call.
+"""Fitness: every candidate's error after the best linear map of its terms, in one call.
 
-A formula f is scored by the weighted mean squared error of ``a + b f(x)`` against y, with
-a and b solved in closed form per candidate (linear scaling): the search then only has to
-find the shape of a formula, not its scale and offset. Evaluation and the least-squares
-solve run in one jit-compiled call for the whole population (all problems of a
-``fit_many`` together, each candidate on its own problem's data). Everything is per row,
-so a candidate that is NaN or overflows anywhere on its points gets an infinite error in
-its own lane only.
+A formula f whose root is a sum (``add``/``sub``) is split into its additive terms
+t_1..t_k (``population.Terms``, at most ``MAX_TERMS``); any other formula is one term. It
+is scored by the weighted mean squared error of ``a + b_1 t_1 + ... + b_k t_k`` against y,
+with a and the b's solved by least squares per candidate. The search thus only has to find
+the shapes of the terms, not their scales and offset: ``3x - 2xy - x^2`` is found as soon as
+``x + xy + x^2`` is (multiple-regression GP; with k = 1 this is the usual linear scaling
+``a + b f``). Evaluation and the least-squares solves run in one jit-compiled call for the
+whole population (all problems of a ``fit_many`` together, each candidate on its own
+problem's data). Everything is per row, so a candidate that is NaN or overflows anywhere
+on its points gets an infinite error in its own lane only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.expr.programs import assemble, evaluate_programs, pairwise_sum
-from jaxsr.search.population import Genomes, Structure, program_size, to_nodes
+from jaxsr.expr.programs import assemble, evaluate_taps
+from jaxsr.search.population import Genomes, Structure, Terms, program_size, to_nodes
+
+MAX_TERMS = 4
+# Ridge on the standardised terms' Gram matrix (a correlation matrix), in units of the
+# dtype's epsilon: collinear terms (x and 2x) share their weight instead of making the solve
+# singular, and the bias it adds to an exact fit stays at rounding level.
+RIDGE_EPSILONS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,61 +65,101 @@ class Data:
 
 @dataclasses.dataclass(frozen=True)
 class Scores:
-    """Per candidate: normalised error (MSE / variance of y; inf when not finite),
-    intercept a and slope b of the fitted ``a + b f``."""
+    """Per candidate: normalised error (MSE / variance of y; inf when not finite), and the
+    fitted ``a + sum_k b_k t_k``: intercept a (P,), coefficients b (P, MAX_TERMS) in the
+    order of the terms (``Terms``; 0 for unused slots and terms that are constant) and the
+    number of terms k (P,)."""
 
     nmse: np.ndarray
     intercept: np.ndarray
-    slope: np.ndarray
+    coefficients: np.ndarray
+    n_terms: np.ndarray
 
     @property
     def r2(self) -> np.ndarray:
         return 1.0 - self.nmse
 
     def take(self, rows) -> Scores:
-        return Scores(self.nmse[rows], self.intercept[rows], self.slope[rows])
+        return Scores(self.nmse[rows], self.intercept[rows], self.coefficients[rows],
+                      self.n_terms[rows])
 
     @staticmethod
     def concatenate(parts) -> Scores:
         return Scores(*(np.concatenate([getattr(p, f) for p in parts])
-                        for f in ("nmse", "intercept", "slope")))
+                        for f in ("nmse", "intercept", "coefficients", "n_terms")))
 
 
 def score(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64) -> Scores:
     """Scores every row of ``genomes`` on its problem's data (``problem`` (P,) ints)."""
     structure = Structure.of(genomes)
-    programs = assemble(to_nodes(genomes, structure), program_size(genomes))
+    terms = Terms.of(genomes, structure, MAX_TERMS)
+    nodes = to_nodes(genomes, structure)
+    # The terms' values are read from the formulas' own evaluation (one pass).
+    taps = np.where(terms.used, nodes.root[:, None] + terms.start, -1)
+    programs = assemble(nodes, program_size(genomes), taps=taps)
     # A constant beyond float32's range becomes inf in its own lane (scored inf): not an
     # error worth a warning.
     with jax.enable_x64(np.dtype(dtype) == np.float64), np.errstate(over="ignore"):
         mse, a, b = _scaled_errors(programs, jnp.asarray(data.X, dtype), jnp.asarray(data.y, dtype),
-                                   jnp.asarray(data.weight, dtype), jnp.asarray(problem, jnp.int32))
+                                   jnp.asarray(data.weight, dtype), jnp.asarray(problem, jnp.int32),
+                                   jnp.asarray(terms.used))
         mse, a, b = (np.asarray(v, np.float64) for v in (mse, a, b))
     nmse = mse / data.variance[problem]
-    return Scores(np.where(np.isfinite(nmse), nmse, np.inf), a, b)
+    return Scores(np.where(np.isfinite(nmse), nmse, np.inf), a, b, terms.count)
 
 
-@functools.partial(jax.jit, donate_argnums=())
-def _scaled_errors(programs, X, y, weight, index):
-    f = evaluate_programs(programs, X, dataset_index=index)
-    return linear_scaling(f, y[index], weight[index])
+@jax.jit
+def _scaled_errors(programs, X, y, weight, problem, used):
+    f = evaluate_taps(programs, X, problem)
+    return term_scaling(f, y[problem], weight[problem], used)
 
 
-def linear_scaling(f, y, weight):
-    """Least-squares a, b of ``y ~ a + b f`` per row and the weighted MSE (inf where f is not
-    finite on a weighted point). Rows of f, y, weight: (B, N); weights sum to 1 per row."""
-    used = weight > 0
-    finite = jnp.all(jnp.isfinite(f) | ~used, axis=1)
-    f = jnp.where(used & jnp.isfinite(f), f, 0.0)
-    total = lambda v: pairwise_sum(weight * v)
-    mean_f, mean_y = total(f), total(y)
-    df = f - mean_f[:, None]
-    var_f, cov = total(df * df), total(df * (y - mean_y[:, None]))
-    # A constant f (variance at rounding level) explains nothing beyond the mean of y.
-    informative = var_f > 1e-12 * mean_f * mean_f + 1e-300
-    slope = jnp.where(informative, cov / jnp.where(informative, var_f, 1.0), 0.0)
-    intercept = mean_y - slope * mean_f
-    residual = y - intercept[:, None] - slope[:, None] * f
+def term_scaling(f, y, weight, used):
+    """Weighted least squares of ``y ~ a + sum_k b_k f_k`` per row, and the weighted MSE (inf
+    where a used term is not finite on a weighted point).
+
+    Args:
+      f: (B, K, N) term values; y, weight: (B, N), weights summing to 1 per row.
+      used: (B, K) which terms exist.
+
+    Returns:
+      (mse (B,), a (B,), b (B, K)); a term that is constant on the points explains nothing
+      beyond the mean of y and gets b = 0.
+    """
+    K = f.shape[1]
+    points = weight > 0
+    finite = jnp.all(jnp.isfinite(f) | ~points[:, None, :] | ~used[:, :, None], axis=(1, 2))
+    f = jnp.where(used[:, :, None] & points[:, None, :] & jnp.isfinite(f), f, 0.0)
+    # Loops over the K (static, small) terms on (B, N) slices: the (B, K, K, N) products of
+    # a batched Gram matrix cost several times more memory traffic on a CPU.
+    total = lambda v: jnp.sum(weight * v, axis=-1)
+    terms = [f[:, k] for k in range(K)]
+    mean_f = [total(t) for t in terms]
+    mean_y = total(y)
+    dy = y - mean_y[:, None]
+    centred = [t - m[:, None] for t, m in zip(terms, mean_f)]
+    variance = jnp.stack([total(c * c) for c in centred], 1)
+    mean_f = jnp.stack(mean_f, 1)
+    informative = used & (variance > 1e-12 * mean_f * mean_f + 1e-300)
+    scale = jnp.sqrt(jnp.where(informative, variance, 1.0))
+    z = [jnp.where(informative[:, k, None], c / scale[:, k, None], 0.0)
+         for k, c in enumerate(centred)]
+    # Gram matrix of the standardised terms (a correlation matrix); unused terms sit on the
+    # identity so that every system is regular.
+    gram = [[None] * K for _ in range(K)]
+    for i in range(K):
+        for j in range(i, K):
+            gram[i][j] = gram[j][i] = total(z[i] * z[j])
+    gram = jnp.stack([jnp.stack(row, -1) for row in gram], -2)
+    ridge = jnp.where(informative, RIDGE_EPSILONS * jnp.finfo(f.dtype).eps, 1.0)
+    gram = gram + ridge[:, :, None] * jnp.eye(K, dtype=f.dtype)
+    rhs = jnp.stack([total(zk * dy) for zk in z], 1)
+    beta = jnp.where(informative, jnp.linalg.solve(gram, rhs[..., None])[..., 0], 0.0)
+    residual = dy - sum(beta[:, k, None] * z[k] for k in range(K))
     mse = total(residual * residual)
-    ok = finite & jnp.isfinite(mse) & jnp.isfinite(slope) & jnp.isfinite(intercept)
-    return jnp.where(ok, mse, jnp.inf), jnp.where(ok, intercept, 0.0), jnp.where(ok, slope, 0.0)
+    slope = beta / scale
+    intercept = mean_y - jnp.sum(slope * mean_f, axis=1)
+    ok = (finite & jnp.isfinite(mse) & jnp.all(jnp.isfinite(slope), axis=1)
+          & jnp.isfinite(intercept))
+    return (jnp.where(ok, mse, jnp.inf), jnp.where(ok, intercept, 0.0),
+            jnp.where(ok[:, None], slope, 0.0))

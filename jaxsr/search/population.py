@@ -219,3 +219,80 @@ def to_nodes(genomes: Genomes, structure: Structure) -> Nodes:
         children=children[valid].astype(np.int64), height=pick(structure.height),
         program=np.repeat(np.arange(P), genomes.length).astype(np.int32),
         root=offset, constants=constants, n_constants=n_constants)
+
+
+# ---------------------------------------------------------------------------- additive terms
+
+# Opcodes whose operands a formula's terms are split at (a - b is the terms a and b).
+_SUMS = np.array([operators.OPCODE["add"], operators.OPCODE["sub"]])
+
+
+@dataclasses.dataclass(frozen=True)
+class Terms:
+    """Each row's additive terms as slices ``[start, end)``, in prefix order; ``count`` per
+    row, unused slots hold empty slices at ``L``.
+
+    A row is split at its root while that is ``add`` or ``sub``, then at the first term
+    rooted at one, until it has ``max_terms`` terms. Outside the slices there are only the
+    dissolved ``add``/``sub`` nodes, so the row's constants are its terms' constants in
+    order.
+    """
+
+    start: np.ndarray  # (P, K)
+    end: np.ndarray    # (P, K)
+    count: np.ndarray  # (P,)
+
+    @property
+    def used(self) -> np.ndarray:
+        """(P, K) which slots hold a term."""
+        return np.arange(self.start.shape[1]) < self.count[:, None]
+
+    @staticmethod
+    def of(genomes: Genomes, structure: Structure, max_terms: int) -> Terms:
+        P, L = genomes.kind.shape
+        rows = np.arange(P)
+        start = np.full((P, max_terms), L, np.int64)
+        end = np.full((P, max_terms), L, np.int64)
+        start[:, 0], end[:, 0] = 0, genomes.length
+        count = np.ones(P, np.int64)
+        for _ in range(max_terms - 1):
+            root = np.minimum(start, L - 1)
+            kind = np.take_along_axis(genomes.kind, root, axis=1)
+            arg = np.take_along_axis(genomes.arg, root, axis=1)
+            is_sum = (kind == KIND_OP) & np.isin(arg, _SUMS) & (start < end)
+            split = is_sum.any(axis=1) & (count < max_terms)
+            j = np.argmax(is_sum, axis=1)
+            r = start[rows, j]
+            first_end = structure.end[rows, np.minimum(r + 1, L - 1)]
+            old_end = end[rows, j]
+            s = np.flatnonzero(split)
+            start[s, j[s]], end[s, j[s]] = r[s] + 1, first_end[s]
+            start[s, count[s]], end[s, count[s]] = first_end[s], old_end[s]
+            count[s] += 1
+        order = np.argsort(start, axis=1, kind="stable")
+        return Terms(np.take_along_axis(start, order, 1), np.take_along_axis(end, order, 1),
+                     count)
+
+    def genomes(self, genomes: Genomes) -> Genomes:
+        """The terms as rows of their own, ``(P * K)`` in row-major order; an unused slot is
+        the constant 0 (which scaling ignores)."""
+        P, L = genomes.kind.shape
+        start, n = self.start.reshape(-1), (self.end - self.start).reshape(-1)
+        source = np.repeat(np.arange(P), self.start.shape[1])[:, None]
+        index = np.minimum(start[:, None] + np.arange(L), L - 1)
+        valid = np.arange(L) < n[:, None]
+        out = Genomes(np.where(valid, genomes.kind[source, index], PAD).astype(np.int8),
+                      np.where(valid, genomes.arg[source, index], 0).astype(np.int32),
+                      np.where(valid, genomes.value[source, index], 0.0), n.astype(np.int32))
+        empty = n == 0
+        out.kind[empty, 0], out.length[empty] = KIND_CONST, 1
+        return out
+
+    def take(self, rows) -> Terms:
+        rows = np.asarray(rows)
+        return Terms(self.start[rows], self.end[rows], self.count[rows])
+
+    def exprs(self, genomes: Genomes, row: int) -> list[Expr]:
+        """Row ``row``'s terms as trees."""
+        one = self.take([row]).genomes(genomes.take([row]))
+        return [one.to_expr(k) for k in range(int(self.count[row]))]
