@@ -2,9 +2,10 @@
 
 ``evolve(problems, seeds, settings, proposer)`` runs it; ``jaxsr.regressor`` uses it for
 ``SymbolicTransformerRegressor(search="evolve")``. Layout: ``population`` (formulas as
-arrays), ``variation`` (mutations and crossover on the arrays), ``fitness`` (batched
-scoring with linear scaling), ``selection`` (duplicates, Pareto fronts, tournaments),
-``engine`` (the loop, refinement, model proposals, stopping).
+arrays, their additive terms), ``variation`` (mutations and crossover on the arrays),
+``fitness`` (batched scoring, least squares over each formula's terms), ``selection``
+(duplicates, Pareto fronts, tournaments), ``engine`` (the loop, refinement, model
+proposals, stopping).
 """
 
 from jaxsr.search.engine import (

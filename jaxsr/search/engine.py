@@ -5,7 +5,8 @@ One generation, for all problems at once:
 1. parents and mates drawn by tournament within each problem's block of the population;
 2. one variation operator per child (``variation``), all children of an operator made in a
    few numpy calls on the array form; one constant fold per child;
-3. every child scored in one evaluator call with closed-form linear scaling (``fitness``);
+3. every child scored in one evaluator call by least squares over its additive terms,
+   ``a + b1 t1 + ...`` (``fitness``);
 4. parents and children merged, duplicate skeletons dropped, ``population_size`` survivors
    per problem chosen (``selection``); the Pareto front of every problem kept in an archive
    that never loses a member;
@@ -58,7 +59,7 @@ class SearchSettings:
 
     Attributes:
       population_size: formulas per problem.
-      max_length: most nodes of a formula (before the scaling a + b f).
+      max_length: most nodes of a formula (before its fitted coefficients are written in).
       generations, max_evaluations, max_time: stop at whichever comes first (None: no
         limit; at least one must be set). ``max_time`` counts from the call.
       target_r2: stop a problem's search when a formula reaches this training R2.
