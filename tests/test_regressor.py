@@ -346,7 +346,7 @@ def test_fit_many_names_the_bad_dataset():
     ({"n_candidates": 0}, "n_candidates must be an int >= 1"),
     ({"decoding": "top-k"}, "decoding must be one of"),
     ({"temperature": 0.0}, "temperature must be a positive number"),
-    ({"max_len": 5000}, r"max_len must be an int \[1, 4096\]"),
+    ({"max_len": 5000}, r"max_len must be an int in \[1, 4096\]"),
     ({"max_time": -1}, "max_time must be a non-negative number"),
     ({"model": "no/such/weights"}, "neither a model config name"),
 ])
@@ -477,3 +477,24 @@ def test_evolve_stops_at_max_time():
     assert est.fit_info_["stopped"] == "max_time" and est.stopped_early_
     assert est.timings_["total"] < 4.0 * 1.5 + 1
     assert np.isfinite(est.score(X, y))
+
+
+def test_choose_polishes_and_prunes_a_term_that_fits_noise():
+    # The search hands over 3x - 2xy with float32-like constants and a junk term whose tiny
+    # coefficient fits rounding noise: the chosen formula is the exact one, in float64.
+    from jaxsr.expr import Expr
+    from jaxsr.regressor import evolution, pipeline
+    from jaxsr.regressor.inputs import prepare
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.5, 2.0, (400, 2))
+    y = 3 * X[:, 0] - 2 * X[:, 0] * X[:, 1]
+    p = prepare(X, y, np.ones(400), ["x_0", "x_1"], max_features=10, seed=0)
+    rows = evolution.Rows.split(p)
+    noisy = Expr.from_sympy("2.9999998*x_0 - 2.0000003*x_0*x_1 + 3e-7*sin(x_1)*x_0",
+                            ["x_0", "x_1"])
+    outcome = evolution.choose(p, rows, [(noisy, "evolved")], pipeline.new_counts(), {})
+    best = outcome.exprs[outcome.selected]
+    assert best.complexity() < noisy.complexity()
+    np.testing.assert_allclose(best.evaluate(X), y, rtol=1e-10, atol=1e-10)
+    assert outcome.r2_validation[outcome.selected] > 1 - 1e-15

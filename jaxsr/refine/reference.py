@@ -59,11 +59,14 @@ def _node_value(t, i: int, consts, X, values):
     return op.apply(np, *(values[k] for k in t.children[i, : op.arity]))
 
 
-def scipy_refine(expr: Expr, X, y, sample_weight=None, max_iter: int | None = None):
+def scipy_refine(expr: Expr, X, y, sample_weight=None, max_iter: int | None = None,
+                 gtol: float | None = None):
     """Refines one candidate with ``scipy.optimize.minimize(method="BFGS")``.
 
     Returns (refined Expr, final weighted MSE, scipy's OptimizeResult). scipy's defaults
-    (gtol 1e-5, maxiter 200 * n) apply unless ``max_iter`` is given.
+    (gtol 1e-5, maxiter 200 * n) apply unless ``max_iter`` or ``gtol`` is given. gtol bounds
+    the gradient of the weighted MSE, in the units of y squared: a nearly exact fit of a
+    target with small values already meets the default at its starting point.
     """
     X = np.asarray(X, np.float64)
     y = np.asarray(y, np.float64)
@@ -78,6 +81,8 @@ def scipy_refine(expr: Expr, X, y, sample_weight=None, max_iter: int | None = No
         return (loss, grad) if np.isfinite(loss) else (np.inf, np.zeros_like(c))
 
     options = {} if max_iter is None else {"maxiter": max_iter}
+    if gtol is not None:
+        options["gtol"] = gtol
     result = scipy.optimize.minimize(fun, c0, jac=True, method="BFGS", options=options)
     best = result.x if result.fun <= fun(c0)[0] else c0
     return expr.with_constants(best), min(result.fun, fun(c0)[0]), result
