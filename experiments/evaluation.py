@@ -39,7 +39,8 @@ from jaxsr.expr import Expr
 from jaxsr.expr.tokens import MAX_INPUT_DIMENSION
 from jaxsr.metrics import acc_tau, r2_zero
 from jaxsr.refine import refine_constants
-from jaxsr.regressor.pipeline import REFINE_SOLVER, next_power_of_two
+from jaxsr.regressor.pipeline import REFINE_SOLVER
+from jaxsr.shapes import next_power_of_two
 
 NO_REFINEMENT = "no refinement"
 MODEL_INIT = "refinement (model constants)"
@@ -148,7 +149,7 @@ def refine_candidates(fitted: list, tasks: list[Task], *, init: str, seed: int,
 def _stack_datasets(datasets):
     """Pads datasets to one (P, N, D) array: extra rows get weight 0, extra columns zeros
     (no candidate of a dataset uses a column it does not have)."""
-    n = next_power_of_two(max(16, *(len(y) for _, y in datasets)))
+    n = next_power_of_two(max(len(y) for _, y in datasets), 16)
     d = max(MAX_INPUT_DIMENSION, *(x.shape[1] for x, _ in datasets))
     X = np.zeros((len(datasets), n, d))
     Y = np.zeros((len(datasets), n))

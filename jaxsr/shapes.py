@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxsr.expr.tokens import MAX_INPUT_DIMENSION, Vocab, points_width
+
 
 def next_power_of_two(n: int, minimum: int = 1) -> int:
     """The smallest power of two >= ``n`` and >= ``minimum`` (1 for ``n`` <= 1)."""
@@ -37,12 +39,30 @@ def pad_to(items, size: int, fill=None):
         raise ValueError(f"{len(items)} items do not fit in {size}")
     if missing == 0:
         return items
-    if isinstance(items, list):
-        return items + [items[-1] if fill is None else fill] * missing
+    if not hasattr(items, "shape"):  # a list or other sequence of Python objects
+        return [*items, *[items[-1] if fill is None else fill] * missing]
     xp = np if isinstance(items, np.ndarray) else _jnp()
     tail = (xp.repeat(items[-1:], missing, axis=0) if fill is None
             else xp.full((missing, *items.shape[1:]), fill, items.dtype))
     return xp.concatenate([items, tail])
+
+
+def pad_point_sets(sets, n_points: int | None = None,
+                   max_dimension: int = MAX_INPUT_DIMENSION):
+    """Encoded point sets (each ``(n_i, W)`` encoder ids, as ``encode_points`` writes them)
+    as one ``(B, n_points, W)`` int32 array and its ``(B, n_points)`` mask of real points.
+
+    Rows past a set's points hold the encoder's ``<PAD>`` (the model masks them out).
+    ``n_points`` defaults to the largest set; ``max_dimension`` gives W when there are no
+    sets (otherwise W is the sets' own).
+    """
+    n_points = max((len(s) for s in sets), default=0) if n_points is None else n_points
+    width = sets[0].shape[1] if sets else points_width(max_dimension)
+    ids = np.full((len(sets), n_points, width), Vocab.encoder().pad, np.int32)
+    mask = np.zeros((len(sets), n_points), bool)
+    for row, points in enumerate(sets):
+        ids[row, :len(points)], mask[row, :len(points)] = points, True
+    return ids, mask
 
 
 def _jnp():

@@ -48,6 +48,7 @@ from jaxsr.data import trees
 from jaxsr.data.config import GeneratorConfig
 from jaxsr.data.generator import Generator
 from jaxsr.expr import tokens
+from jaxsr.shapes import pad_point_sets
 
 _SCAN_BLOCK = 4096
 _STATE_VERSION = 1
@@ -387,18 +388,8 @@ def build_batch(generator: Generator, indices: np.ndarray, n_pad: int, t_pad: in
 def _point_ids(samples, n_pad: int) -> np.ndarray:
     """(B, n_pad, 33) encoder ids, as ``tokens.encode_points`` writes each sample, with
     ``<PAD>`` rows below the points. All floats of the batch are encoded in one call."""
-    vocab, width = tokens.Vocab.encoder(), tokens.MAX_INPUT_DIMENSION
-    ids = np.full((len(samples), n_pad, width + 1, 3), vocab.pad, np.int32)
-    values = np.concatenate([np.concatenate([s.x.ravel(), s.y]) for s in samples])
-    floats = tokens.float_token_ids(values)
-    start = 0
-    for row, sample in enumerate(samples):
-        n, d = sample.x.shape
-        ids[row, :n, d:width] = vocab["<INPUT_PAD>"]
-        ids[row, :n, :d] = floats[start:start + n * d].reshape(n, d, 3)
-        ids[row, :n, width] = floats[start + n * d:start + n * d + n]
-        start += n * d + n
-    return ids.reshape(len(samples), n_pad, 3 * (width + 1))
+    sets = tokens.encode_point_sets([s.x for s in samples], [s.y for s in samples])
+    return pad_point_sets(sets, n_pad)[0]
 
 
 def _target_ids(samples, t_pad: int) -> np.ndarray:

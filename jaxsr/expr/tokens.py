@@ -212,23 +212,47 @@ def float_token_ids(values) -> np.ndarray:
     )
 
 
+def points_width(max_dimension: int = MAX_INPUT_DIMENSION) -> int:
+    """Encoder ids per point: 3 tokens for each of ``max_dimension`` x values and for y."""
+    return TOKENS_PER_FLOAT * (max_dimension + 1)
+
+
 def encode_points(x, y, max_dimension: int = MAX_INPUT_DIMENSION) -> np.ndarray:
-    """Encoder ids of a point set: ``(N, 3 * (max_dimension + 1))`` int32 (33 by default).
+    """Encoder ids of a point set: ``(N, points_width(max_dimension))`` int32 (33 by default).
 
     Each row is the 3 tokens of every coordinate of x, ``<INPUT_PAD>`` for the missing
     dimensions, then the 3 tokens of y.
     """
+    return encode_point_sets([x], [y], max_dimension)[0]
+
+
+def encode_point_sets(xs, ys, max_dimension: int = MAX_INPUT_DIMENSION) -> list[np.ndarray]:
+    """``encode_points`` of each pair (x, y), with the floats of all sets encoded in one
+    vectorised call (what a training batch of many small sets needs)."""
+    pairs = [_checked_points(x, y, max_dimension) for x, y in zip(xs, ys, strict=True)]
+    if not pairs:
+        return []
+    floats = float_token_ids(np.concatenate([np.concatenate([x.ravel(), y]) for x, y in pairs]))
+    out, start = [], 0
+    for x, _ in pairs:
+        n, d = x.shape
+        ids = np.full((n, max_dimension + 1, TOKENS_PER_FLOAT),
+                      Vocab.encoder()["<INPUT_PAD>"], np.int32)
+        ids[:, :d] = floats[start:start + n * d].reshape(n, d, TOKENS_PER_FLOAT)
+        ids[:, max_dimension] = floats[start + n * d:start + n * d + n]
+        start += n * d + n
+        out.append(ids.reshape(n, points_width(max_dimension)))  # -1 fails for n = 0
+    return out
+
+
+def _checked_points(x, y, max_dimension: int) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"expected x (N, D) and y (N,), got x {x.shape} and y {y.shape}")
-    n, d = x.shape
-    if d > max_dimension:
-        raise ValueError(f"x has {d} dimensions; the vocabulary supports at most {max_dimension}")
-    ids = np.full((n, max_dimension + 1, TOKENS_PER_FLOAT),
-                  Vocab.encoder()["<INPUT_PAD>"], np.int32)
-    ids[:, :d] = float_token_ids(x)
-    ids[:, max_dimension] = float_token_ids(y)
-    return ids.reshape(n, TOKENS_PER_FLOAT * (max_dimension + 1))  # -1 fails for n = 0
+    if x.shape[1] > max_dimension:
+        raise ValueError(f"x has {x.shape[1]} dimensions; the vocabulary supports at most "
+                         f"{max_dimension}")
+    return x, y

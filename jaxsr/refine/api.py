@@ -16,7 +16,7 @@ from jaxsr.expr.programs import ProgramSize, compile_programs
 from jaxsr.expr.tree import Expr, parse_prefix
 from jaxsr.refine import batched, solvers
 from jaxsr.refine.objective import Problem
-from jaxsr.shapes import pad_to
+from jaxsr.shapes import next_power_of_two, pad_to
 
 STATUS_OK, STATUS_NON_FINITE, STATUS_NO_CONSTANTS = "ok", "non-finite", "no constants"
 # "batched" (the default) is jaxsr's own L-BFGS with the line search flattened into its loop
@@ -252,7 +252,7 @@ def _refine_in_rounds(exprs, data, params0, has_constants, size, settings, min_s
     round_settings = dataclasses.replace(settings, max_iter=0)
     lanes = np.arange(len(exprs))
     while len(lanes):
-        per_shard = max(MIN_LANES, 1 << (-(-len(lanes) // n_devices) - 1).bit_length())
+        per_shard = next_power_of_two(-(-len(lanes) // n_devices), MIN_LANES)
         round_size = ProgramSize(
             _at_least(_bucketed(ProgramSize.fitting([exprs[i] for i in lanes])), min_size).ops,
             size.constants, size.depth)
@@ -271,8 +271,7 @@ def _refine_in_rounds(exprs, data, params0, has_constants, size, settings, min_s
 def _bucketed(size: ProgramSize) -> ProgramSize:
     """Each field rounded up to a power of two (at least 4): calls with similar candidates
     then share compiled code. Only buffer sizes grow; the work follows the actual nodes."""
-    up = lambda n: max(4, 1 << (int(n) - 1).bit_length())
-    return ProgramSize(up(size.ops), up(size.constants), up(size.depth))
+    return ProgramSize(*(next_power_of_two(n, 4) for n in (size.ops, size.constants, size.depth)))
 
 
 def _at_least(size: ProgramSize, bound: ProgramSize | None) -> ProgramSize:

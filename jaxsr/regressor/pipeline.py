@@ -27,11 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import decode
-from jaxsr.expr import Expr, encode_points
+from jaxsr.expr import Expr
 from jaxsr.expr.programs import compile_programs, evaluate_programs
+from jaxsr.expr.tokens import encode_point_sets
 from jaxsr.refine import refine_constants
 from jaxsr.regressor.inputs import Problem
 from jaxsr.regressor.models import LoadedModel
+from jaxsr.shapes import bucket, next_power_of_two, pad_point_sets, pad_to
 
 STAGES = ("encode", "decode", "parse", "score", "refine", "search", "select")
 DECODING = ("sampling", "beam", "greedy")
@@ -154,15 +156,6 @@ class Clock:
 # ---------------------------------------------------------------------------- helpers
 
 
-def bucket(n: int, minimum: int = 8) -> int:
-    """n rounded up to 8, 12, 16, 24, 32, 48, ...: at most 50% padding, few distinct sizes
-    (each size compiles once)."""
-    size = minimum
-    while size < n:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
-
-
 def map_variables(expr: Expr, replace) -> Expr:
     """A copy of ``expr`` with every variable x_k replaced by the tree ``replace(k)``."""
     if expr.variable is not None:
@@ -201,14 +194,10 @@ def weighted_metrics(prediction, y, weight) -> tuple[float, float]:
     return mse, 1.0 - mse / variance
 
 
-def next_power_of_two(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
 def stack_fit_rows(problems: list[Problem], columns, width: int):
     """Every problem's fit rows as padded arrays: X (P, N, width), y (P, N), weight (P, N)
     with weight 0 on padding; ``columns(problem, rows)`` gives a problem's (m, d) X."""
-    n = max(16, next_power_of_two(max(len(p.fit_rows) for p in problems)))
+    n = next_power_of_two(max(len(p.fit_rows) for p in problems), 16)
     X = np.zeros((len(problems), n, width))
     y, weight = np.zeros((len(problems), n)), np.zeros((len(problems), n))
     for i, p in enumerate(problems):
@@ -216,11 +205,6 @@ def stack_fit_rows(problems: list[Problem], columns, width: int):
         X[i, :m, : p.n_selected] = columns(p, p.fit_rows)
         y[i, :m], weight[i, :m] = p.y[p.fit_rows], p.weight[p.fit_rows]
     return X, y, weight
-
-
-def padded(items: list, size: int) -> list:
-    """``items`` with the last one repeated up to ``size`` (the copies' results are unused)."""
-    return list(items) + [items[-1]] * (size - len(items))
 
 
 # ---------------------------------------------------------------------------- stages
@@ -251,19 +235,13 @@ def make_bags(problems: list[Problem], settings: Settings, max_features: int) ->
             rows.append(np.sort(chunk))
             owner.append(i)
     if not rows:
-        return Bags(np.zeros((0, 0, 3 * (max_features + 1)), np.int32), np.zeros((0, 0), bool),
-                    np.zeros(0, int))
+        return Bags(*pad_point_sets([], 0, max_features), np.zeros(0, int))
     # Every bag is padded to max_input_points: one compiled decoder for any data size, for
     # at most ~10% more decoding work on small data (cross-attention is a small part of a
     # decoder step; the encoder runs once per bag).
-    n_points = settings.max_input_points
-    ids = np.zeros((len(rows), n_points, 3 * (max_features + 1)), np.int32)
-    mask = np.zeros((len(rows), n_points), bool)
-    for b, (r, i) in enumerate(zip(rows, owner)):
-        p = problems[i]
-        ids[b, : len(r)] = encode_points(p.standardised(r), p.y[r], max_dimension=max_features)
-        mask[b, : len(r)] = True
-    return Bags(ids, mask, np.asarray(owner, int))
+    sets = encode_point_sets([problems[i].standardised(r) for r, i in zip(rows, owner)],
+                             [problems[i].y[r] for r, i in zip(rows, owner)], max_features)
+    return Bags(*pad_point_sets(sets, settings.max_input_points), np.asarray(owner, int))
 
 
 def rows_per_call(loaded: LoadedModel, n_points: int, settings: Settings) -> int:
@@ -301,18 +279,12 @@ def decode_bags(loaded: LoadedModel, bags: Bags, settings: Settings, clock: Cloc
         if g > 0 and clock.out_of_time():
             break
         take = min(group, n_bags - start)
-        ids, mask = (_padded_bags(a[start: start + group], group)
-                     for a in (bags.point_ids, bags.mask))
+        ids, mask = (pad_to(a[start: start + group], group) for a in (bags.point_ids, bags.mask))
         outs = [_generate(loaded, ids, mask, settings, jax.random.fold_in(key, g * pieces + j),
                           -(-n // pieces)) for j in range(pieces)]
         tokens.append(np.concatenate([np.asarray(o.tokens) for o in outs], 1)[:take, :n])
         lengths.append(np.concatenate([np.asarray(o.lengths) for o in outs], 1)[:take, :n])
     return np.concatenate(tokens), np.concatenate(lengths)
-
-
-def _padded_bags(a: np.ndarray, size: int) -> np.ndarray:
-    """One shape per call: the last bag repeated up to ``size`` (its results are dropped)."""
-    return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
 
 
 def _generate(loaded: LoadedModel, ids, mask, settings: Settings, key, n: int):
@@ -371,8 +343,8 @@ def score(pool: Pool, problems: list[Problem], dropped) -> Pool:
     X, y, weight = stack_fit_rows(problems, Problem.standardised, _width(problems))
     size = bucket(len(pool.exprs))
     with jax.enable_x64(True):
-        programs = compile_programs(padded(pool.exprs, size))
-        index = padded(list(pool.problem), size)
+        programs = compile_programs(pad_to(pool.exprs, size))
+        index = pad_to(list(pool.problem), size)
         values = np.asarray(evaluate_programs(programs, jnp.asarray(X), dataset_index=index))
     values = values[: len(pool.exprs)]
     weight = weight[pool.problem] / weight[pool.problem].sum(axis=1, keepdims=True)

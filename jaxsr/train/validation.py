@@ -18,9 +18,11 @@ import numpy as np
 
 from jaxsr import decode
 from jaxsr.data import Generator, GeneratorConfig
-from jaxsr.expr import Expr, Vocab, encode_points
+from jaxsr.expr import Expr
+from jaxsr.expr.tokens import encode_point_sets
 from jaxsr.metrics import accuracy_tau, r2_score
 from jaxsr.model import E2EModel
+from jaxsr.shapes import pad_point_sets, pad_to
 
 ACCURACY_TAU = 0.1
 
@@ -40,12 +42,8 @@ def make_validation_set(config: GeneratorConfig, size: int, seed: int) -> Valida
     """``size`` evaluation samples of ``config`` with ``seed`` (extrapolation sets skipped)."""
     generator = Generator(config.replace(seed=seed, prediction_sigmas=()))
     samples = [generator.sample(i, evaluation=True) for i in range(size)]
-    encoded = [encode_points(s.x, s.y) for s in samples]
-    n_max = max(len(e) for e in encoded)
-    ids = np.full((size, n_max, encoded[0].shape[1]), Vocab.encoder().pad, np.int32)
-    mask = np.zeros((size, n_max), bool)
-    for row, e in enumerate(encoded):
-        ids[row, :len(e)], mask[row, :len(e)] = e, True
+    ids, mask = pad_point_sets(encode_point_sets([s.x for s in samples],
+                                                 [s.y for s in samples]))
     return ValidationSet(ids, mask, tuple(s.x for s in samples), tuple(s.y for s in samples))
 
 
@@ -73,9 +71,8 @@ def _greedy_tokens(model, params, data: ValidationSet, max_len: int, batch: int)
     with copies of the last set, so one compiled shape serves every call."""
     out = []
     for low in range(0, len(data), batch):
-        rows = np.arange(low, low + batch).clip(max=len(data) - 1)
-        decoded = decode.greedy(model, params, data.point_ids[rows], data.point_mask[rows],
-                                max_len=max_len)
+        ids, mask = (pad_to(a[low:low + batch], batch) for a in (data.point_ids, data.point_mask))
+        decoded = decode.greedy(model, params, ids, mask, max_len=max_len)
         out.append(jax.device_get(decoded.tokens)[: len(data) - low])
     return np.concatenate(out)
 
