@@ -315,3 +315,18 @@ def test_settings_are_checked():
         SearchSettings(generations=1, operators=("add", "frobnicate")).check()
     with pytest.raises(ValueError, match="population_size"):
         SearchSettings(generations=1, population_size=0).check()
+
+
+def test_power_law_baseline_finds_a_product_of_powers():
+    from jaxsr.search.engine import _power_law
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(1.0, 5.0, size=(200, 4))
+    y = -0.7 * X[:, 0] * X[:, 1] ** 2 / (X[:, 2] * np.sqrt(X[:, 3]))
+    law = _power_law(X, y, None)
+    ratio = y / law.evaluate(X)
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-12)  # the shape, up to a factor
+    assert law.complexity() <= 10
+    # Logarithms do not apply: y changes sign, or no column is positive.
+    assert _power_law(X, y * np.sign(X[:, 0] - 3), None) is None
+    assert _power_law(-X, y, None) is None

@@ -369,7 +369,7 @@ class _Search:
         parts = []
         M, L = self.settings.population_size, self.settings.max_length
         for q, d in enumerate(self.n_variables):
-            baselines = _baselines(problems[q][0], d)
+            baselines = _baselines(*problems[q], d)
             own, _ = Genomes.from_exprs(list(seeds[q]), L)
             base, _ = Genomes.from_exprs(baselines, L)
             n_random = max(M - own.size - base.size, M // 4)
@@ -647,13 +647,56 @@ def fitted_sum(terms: Sequence[Expr], intercept: float, coefficients) -> Expr:
     return Expr.const(intercept) if body is None else Expr.op("add", Expr.const(intercept), body)
 
 
-def _baselines(X: np.ndarray, dimension: int) -> list[Expr]:
-    """A constant and the linear model in every variable (scaling supplies a and b)."""
+def _baselines(X: np.ndarray, y: np.ndarray, weight, dimension: int) -> list[Expr]:
+    """A constant, the linear model in every variable, each variable alone (the scaling
+    supplies the coefficients) and, where logarithms apply, a power law."""
     X = np.asarray(X)
     linear = Expr.var(0)
     for k in range(1, dimension):
         linear = Expr.op("add", linear, Expr.op("mul", Expr.const(1.0), Expr.var(k)))
-    return [Expr.const(1.0), linear, *(Expr.var(k) for k in range(dimension))]
+    power = _power_law(X[:, :dimension], np.asarray(y), weight)
+    return [Expr.const(1.0), linear, *(Expr.var(k) for k in range(dimension)),
+            *([power] if power is not None else [])]
+
+
+# Power-law exponents are rounded to multiples of this (square roots included).
+POWER_STEP = 0.5
+MAX_POWER = 4
+
+
+def _power_law(X: np.ndarray, y: np.ndarray, weight) -> Expr | None:
+    """``prod_k x_k^e_k`` with the exponents of the least-squares fit of ``log |y|`` on the
+    logs of the positive columns, rounded to halves (the scaling supplies the factor). A
+    product of powers, common in physical laws, is linear after logarithms: one solve
+    finds what the search would assemble factor by factor. None when y changes sign or no
+    column is positive."""
+    positive = np.flatnonzero(np.all(X > 0, axis=0))
+    if not len(positive) or not (np.all(y > 0) or np.all(y < 0)):
+        return None
+    root = np.sqrt(np.ones(len(y)) if weight is None else np.asarray(weight, float))
+    Z = np.column_stack([np.ones(len(y)), np.log(X[:, positive])])
+    with np.errstate(all="ignore"):
+        coef = np.linalg.lstsq(Z * root[:, None], np.log(np.abs(y)) * root, rcond=None)[0]
+    powers = np.clip(np.round(coef[1:] / POWER_STEP) * POWER_STEP, -MAX_POWER, MAX_POWER)
+    up = [_power(k, e) for k, e in zip(positive, powers) if e > 0]
+    down = [_power(k, -e) for k, e in zip(positive, powers) if e < 0]
+    product = lambda factors: None if not factors else \
+        factors[0] if len(factors) == 1 else Expr.op("mul", factors[0], product(factors[1:]))
+    top, bottom = product(up), product(down)
+    if bottom is None:
+        return top
+    return Expr.op("div", top if top is not None else Expr.const(1.0), bottom)
+
+
+def _power(k: int, e: float) -> Expr:
+    """x_k^e for a positive multiple e of 1/2."""
+    x = Expr.var(int(k))
+    whole, half = int(e), e % 1 > 0
+    factors = [x] * whole + ([Expr.op("sqrt", x)] if half else [])
+    out = factors[0]
+    for f in factors[1:]:
+        out = Expr.op("mul", out, f)
+    return out
 
 
 def random_trees(rng: np.random.Generator, n: int, dimension: int,
