@@ -450,12 +450,24 @@ def result_row(job: Job, problem: GroundTruthProblem, fitted: Fitted | None, pre
     }
 
 
+WARM_UP_BUDGETS = 4
+
+
 def warm_up(method: Method, problem: GroundTruthProblem, seed: int, run: RunSettings,
             log) -> None:
     """One untimed fit, so that compilation (jaxsr) or starting worker processes (gplearn on
-    several threads) is not charged to the first timed problem."""
+    several threads) is not charged to the first timed problem.
+
+    The fit sees the problem with noise added and WARM_UP_BUDGETS times the budget: a run
+    that solves its problem at once, or spends its budget compiling, stops before the
+    stages that compile last (jaxsr's model proposals come every 10 generations)."""
     start = time.perf_counter()
-    fit_and_predict(method, problem, seed, run)
+    rng = np.random.default_rng(seed)
+    noisy = dataclasses.replace(
+        problem, y_train=problem.y_train + 0.1 * np.std(problem.y_train)
+        * rng.standard_normal(len(problem.y_train)))
+    fit_and_predict(method, noisy, seed,
+                    dataclasses.replace(run, budget=WARM_UP_BUDGETS * run.budget))
     log(f"  warm-up of {method.name} on {problem.name}: {time.perf_counter() - start:.1f} s "
         "(untimed)")
 
