@@ -102,8 +102,8 @@ DATA_CASES = {
                      "the data has no column besides the target 'y'"),
     "one data row": ("row.csv", _text("a,y\n1,2\n"), "y",
                      "X has 1 sample(s) (rows); at least 2 are needed"),
-    "target beyond 1e100": ("huge.csv", _text("a,y\n1,1e101\n2,3\n3,4\n"), "y",
-                            "y reaches 1e+101; the model's float encoding stops near 1e100"),
+    "target beyond 1e103": ("huge.csv", _text("a,y\n1,1e104\n2,3\n3,4\n"), "y",
+                            "y reaches 1e+104; the model's float encoding stops near 1e+103"),
     "not a regular file": (os.devnull, None, "y", "is not a regular file"),
 }
 
@@ -420,7 +420,7 @@ REGRESSOR_CASES = {
                         "sample_weight must be finite and non-negative"),
     "one weighted row": (lambda: (_frame(), Y4, np.array([1.0, 0.0, 0.0, 0.0])),
                          "at least 2 samples need a non-zero weight"),
-    "y beyond 1e100": (lambda: (_frame(), Y4 * 1e100, None), "y reaches 4e+100"),
+    "y beyond 1e103": (lambda: (_frame(), Y4 * 1e103, None), "y reaches 4e+103"),
 }
 
 

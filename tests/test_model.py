@@ -90,7 +90,7 @@ def test_config_validation_names_the_problem():
         ModelConfig(decoder_dim=60, decoder_heads=8)
     with pytest.raises(ValueError, match="dtype"):
         ModelConfig(dtype="int8")
-    with pytest.raises(ValueError, match="encoder_layers must be a positive int"):
+    with pytest.raises(ValueError, match="encoder_layers must be an int >= 1"):
         ModelConfig(encoder_layers=0)
     with pytest.raises(ValueError, match="unknown model config 'huge'"):
         get_config("huge")

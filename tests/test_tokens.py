@@ -101,3 +101,12 @@ def test_encode_points_rejects_bad_shapes():
         encode_points(np.zeros((3, 2)), np.zeros(4))
     with pytest.raises(ValueError, match="NaN"):
         encode_points(np.zeros((3, 2)), np.array([0.0, np.nan, 1.0]))
+
+
+def test_every_value_below_the_limit_encodes_and_the_regressor_and_generator_share_it():
+    from jaxsr.data.config import GeneratorConfig
+    from jaxsr.expr.tokens import MAX_ABS_VALUE
+
+    below = np.nextafter(MAX_ABS_VALUE, 0.0)
+    assert decode_float(encode_float(-below)) == pytest.approx(-below, rel=1e-3)
+    assert GeneratorConfig().max_abs_y == MAX_ABS_VALUE == 1e103

@@ -44,6 +44,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from jaxsr.checks import check_int
 from jaxsr.data import trees
 from jaxsr.data.config import GeneratorConfig
 from jaxsr.data.generator import Generator
@@ -187,9 +188,9 @@ class BatchStream:
                  batch_multiple, state, workers, prefetch, process_index, process_count,
                  synchronized_shapes):
         cfg = generator.config
-        _check_positive_int("tokens_per_batch", tokens_per_batch)
-        _check_positive_int("batch_multiple", batch_multiple)
-        _check_positive_int("process_count", process_count)
+        check_int("tokens_per_batch", tokens_per_batch)
+        check_int("batch_multiple", batch_multiple)
+        check_int("process_count", process_count)
         if not (isinstance(process_index, int) and 0 <= process_index < process_count):
             raise ValueError(f"process_index must be in [0, {process_count}), "
                              f"got {process_index!r}")
@@ -212,7 +213,7 @@ class BatchStream:
         if not (isinstance(self.workers, int) and self.workers >= 0):
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
         self.prefetch = 2 * self.workers + 2 if prefetch is None else prefetch
-        _check_positive_int("prefetch", self.prefetch)
+        check_int("prefetch", self.prefetch)
         self._pool = _start_pool(cfg, self.workers) if self.workers > 0 else None
         self._inflight: collections.deque = collections.deque()
 
@@ -360,11 +361,6 @@ def _fingerprint(cfg: GeneratorConfig, plan: BucketPlan, process_count: int,
     text = repr((cfg, plan.point_buckets, plan.token_buckets, sorted(plan.rows.items()),
                  process_count, synchronized, _STATE_VERSION))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 # ---------------------------------------------------------------------------- building

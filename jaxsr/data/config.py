@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Mapping
 
+from jaxsr.checks import int_problem
 from jaxsr.expr import operators, tokens
 
 # Operator weights in the reference's list order. The reference's
@@ -27,9 +28,6 @@ REFERENCE_BINARY_WEIGHTS: tuple[tuple[str, float], ...] = (
 
 # Integer leaves the vocabulary holds: -10..10 without 0.
 _VOCAB_MAX_INT = 10
-# The largest |value| a float token can carry is 9.999e103; the reference's cut-off
-# 10 ** (max_exponent + float_precision) = 1e103 keeps every kept y encodable.
-_VOCAB_MAX_ABS = 1e103
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +105,7 @@ class GeneratorConfig:
     max_len: int = 200
     max_centroids: int = 10
     use_abs: bool = False
-    max_abs_y: float = _VOCAB_MAX_ABS
+    max_abs_y: float = tokens.MAX_ABS_VALUE
     max_trials: int = 1
     train_noise_gamma: float = 0.0
     # evaluation sets
@@ -174,12 +172,9 @@ def _check_range(cfg, low_field: str, high_field: str, minimum: int = 0):
 
 
 def _check_int(cfg, field: str, minimum: int, maximum: int | None = None):
-    value = getattr(cfg, field)
-    if not isinstance(value, int) or isinstance(value, bool):
-        _fail(field, f"must be an int, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        _fail(field, f"must be {bound}, got {value}")
+    problem = int_problem(getattr(cfg, field), minimum, maximum, python_int=True)
+    if problem:
+        _fail(field, problem)
 
 
 def _check_probability(cfg, field: str):
@@ -245,8 +240,9 @@ def _validate(cfg: GeneratorConfig) -> None:
     _check_int(cfg, "min_len_per_dim", 1)
     _check_int(cfg, "max_len", 1)
     _check_int(cfg, "max_centroids", 2)
-    if not (isinstance(cfg.max_abs_y, (int, float)) and 0 < cfg.max_abs_y <= _VOCAB_MAX_ABS):
-        _fail("max_abs_y", f"must be in (0, {_VOCAB_MAX_ABS:g}] so that every y can be "
+    largest = tokens.MAX_ABS_VALUE
+    if not (isinstance(cfg.max_abs_y, (int, float)) and 0 < cfg.max_abs_y <= largest):
+        _fail("max_abs_y", f"must be in (0, {largest:g}] so that every y can be "
               f"written as float tokens, got {cfg.max_abs_y!r}")
     _check_int(cfg, "max_trials", 1)
     for field in ("train_noise_gamma", "eval_noise_gamma"):

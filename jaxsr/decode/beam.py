@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxsr.checks import check_int
 from jaxsr.decode.common import (
-    DEFAULT_MAX_LEN, EOS, PAD, Decoded, check_inputs, check_positive_int, decode_step,
-    encode_and_cache,
+    DEFAULT_MAX_LEN, EOS, PAD, Decoded, check_inputs, decode_step, encode_and_cache,
 )
 from jaxsr.model import DecodeCache, E2EModel
 from jaxsr.parallel import map_rows
@@ -69,7 +69,7 @@ def beam_search(model: E2EModel, params, point_ids, point_mask, *, beam_size: in
     """
     point_ids, point_mask = jnp.asarray(point_ids), jnp.asarray(point_mask)
     check_inputs(model, point_ids, point_mask, max_len)
-    check_positive_int("beam_size", beam_size)
+    check_int("beam_size", beam_size)
     if beam_size * 2 > model.config.decoder_vocab_size:
         raise ValueError(f"beam_size {beam_size} is too large for the vocabulary")
     if not isinstance(early_stopping, bool):

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxsr.expr import Vocab
+from jaxsr.expr.tokens import DEFAULT_MAX_LEN  # noqa: F401 (re-exported by jaxsr.decode)
 from jaxsr.model import DecodeCache, E2EModel
 
 Array = jax.Array
 
-DEFAULT_MAX_LEN = 200  # the reference's max_generated_output_len
 EOS = Vocab.decoder().eos  # 74; also the first decoder input (EOS doubles as BOS)
 PAD = Vocab.decoder().pad  # 82; fills every position after a sequence's end
 
@@ -63,11 +63,6 @@ def check_inputs(model: E2EModel, point_ids, point_mask, max_len: int) -> None:
     if not isinstance(max_len, int) or not 1 <= max_len <= model.config.max_positions:
         raise ValueError(f"max_len must be an int in [1, {model.config.max_positions}], "
                          f"got {max_len!r}")
-
-
-def check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 def encode_and_cache(model: E2EModel, params, point_ids: Array, point_mask: Array,

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxsr.checks import check_int
 from jaxsr.decode.common import (
-    DEFAULT_MAX_LEN, EOS, PAD, Decoded, check_inputs, check_positive_int, decode_step,
-    encode_and_cache,
+    DEFAULT_MAX_LEN, EOS, PAD, Decoded, check_inputs, decode_step, encode_and_cache,
 )
 from jaxsr.model import DecodeCache, E2EModel
 from jaxsr.parallel import map_rows
@@ -70,7 +70,7 @@ def sample(model: E2EModel, params, point_ids, point_mask, *, key, n: int = 1,
     """
     point_ids, point_mask = jnp.asarray(point_ids), jnp.asarray(point_mask)
     check_inputs(model, point_ids, point_mask, max_len)
-    check_positive_int("n", n)
+    check_int("n", n)
     _check_sampling_options(model, temperature, top_k, top_p)
     fn = _bound_sampler(model, n=n, max_len=max_len, top_k=top_k,
                         top_p=None if top_p is None else float(top_p), greedy=False)

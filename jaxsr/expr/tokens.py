@@ -27,6 +27,12 @@ _MANTISSA_WORD = re.compile(rf"N[0-9]{{{MANTISSA_DIGITS}}}")
 _EXPONENT_WORDS = frozenset(f"E{e}" for e in range(-MAX_EXPONENT, MAX_EXPONENT + 1))
 MAX_INPUT_DIMENSION = 10
 TOKENS_PER_FLOAT = 3
+# Every |v| below 10 ** (E100 + 3 digits) = 1e103 encodes (the largest encodable value is
+# 9.999e103); it is also the reference generator's cut-off for y (docs/reference.md 2.2).
+MAX_ABS_VALUE = 10.0 ** (MAX_EXPONENT + PRECISION)
+# Tokens a decoded formula may have when no length is given: the reference's
+# max_generated_output_len.
+DEFAULT_MAX_LEN = 200
 
 SPECIAL_WORDS = (
     "<EOS>", "<X>", "</X>", "<Y>", "</Y>", "</POINTS>", "<INPUT_PAD>", "<OUTPUT_PAD>",

@@ -11,6 +11,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from jaxsr.checks import int_problem
+
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -51,9 +53,9 @@ class ModelConfig:
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type == "int" and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"ModelConfig.{field.name} must be a positive int, got {value!r}")
+            problem = int_problem(getattr(self, field.name), python_int=True)
+            if field.type == "int" and problem:
+                raise ValueError(f"ModelConfig.{field.name} {problem}")
         if self.dtype not in COMPUTE_DTYPES:
             raise ValueError(
                 f"ModelConfig.dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from jaxsr.errors import DATA, MODEL, USAGE, CommandError
+from jaxsr.expr.tokens import DEFAULT_MAX_LEN
 from jaxsr.regressor.table import DataError, read_table  # re-exported: the CLI's readers
 
 __all__ = ["DataError", "add_arguments", "load_data", "read_table", "run", "split_target"]
@@ -69,9 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-bags", type=_int_at_least(1), default=10,
                         help="bags at most, each of the size the model's weights record "
                              "(50 points for the default model)")
-    parser.add_argument("--max-len", type=_int_at_least(1), default=200, metavar="TOKENS",
-                        help="longest formula in tokens (default 200; at most the model's "
-                             "positions)")
+    parser.add_argument("--max-len", type=_int_at_least(1), default=DEFAULT_MAX_LEN,
+                        metavar="TOKENS", help=f"longest formula in tokens (default "
+                        f"{DEFAULT_MAX_LEN}; at most the model's positions)")
     parser.add_argument("--max-time", type=_seconds, default=None, help="seconds at most")
     parser.add_argument("--search", choices=("evolve", "sample"), default="evolve",
                         help="'evolve' (default): the model seeds an evolutionary search; "

@@ -11,6 +11,8 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from jaxsr.checks import check_int
+from jaxsr.expr.tokens import DEFAULT_MAX_LEN
 from jaxsr.regressor import evolution, inputs, models, pipeline
 from jaxsr.regressor.export import jax_function
 
@@ -77,8 +79,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
     """
 
     def __init__(self, model="default", *, max_input_points=None, max_number_bags=10,
-                 n_candidates=100, decoding="sampling", temperature=None, max_len=200,
-                 refine=True, max_iter=50, max_time=None, search="evolve",
+                 n_candidates=100, decoding="sampling", temperature=None,
+                 max_len=DEFAULT_MAX_LEN, refine=True, max_iter=50, max_time=None, search="evolve",
                  population_size=1024, generations=None, seeds="model", model_proposals=True,
                  random_state=None, verbose=0):
         self.model = model
@@ -152,13 +154,13 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         max_points = self.max_input_points
         if max_points is None:
             max_points = loaded.max_input_points
-        _check_int("max_input_points", max_points, 1)
+        check_int("max_input_points", max_points, 1)
         if self.max_number_bags is not None:
-            _check_int("max_number_bags", self.max_number_bags, 1)
-        _check_int("n_candidates", self.n_candidates, 1)
-        _check_int("max_len", self.max_len, 1, loaded.model.config.max_positions)
-        _check_int("max_iter", self.max_iter, 0)
-        _check_int("verbose", self.verbose, 0)
+            check_int("max_number_bags", self.max_number_bags, 1)
+        check_int("n_candidates", self.n_candidates, 1)
+        check_int("max_len", self.max_len, 1, loaded.model.config.max_positions)
+        check_int("max_iter", self.max_iter, 0)
+        check_int("verbose", self.verbose, 0)
         if self.decoding not in pipeline.DECODING:
             raise ValueError(f"decoding must be one of {pipeline.DECODING}, got {self.decoding!r}")
         temperature = self.temperature
@@ -171,9 +173,9 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
             raise TypeError(f"refine must be True or False, got {self.refine!r}")
         _check_choice("search", self.search, SEARCHES)
         _check_choice("seeds", self.seeds, ("model", "random"))
-        _check_int("population_size", self.population_size, 2)
+        check_int("population_size", self.population_size, 2)
         if self.generations is not None:
-            _check_int("generations", self.generations, 0)
+            check_int("generations", self.generations, 0)
         if not isinstance(self.model_proposals, (bool, np.bool_)):
             raise TypeError(f"model_proposals must be True or False, "
                             f"got {self.model_proposals!r}")
@@ -332,13 +334,6 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         # Random weights give random formulas: scores are whatever the fallback reaches.
         tags.regressor_tags.poor_score = models.is_untrained(self.model)
         return tags
-
-
-def _check_int(name, value, low, high=None) -> None:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
-    if not ok or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
 
 
 def _check_choice(name, value, choices) -> None:

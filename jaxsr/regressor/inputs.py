@@ -14,13 +14,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxsr.expr.tokens import MAX_ABS_VALUE
+
 # Rows used to score, refine and rank candidates (a seeded subsample beyond this, as the
 # reference refines on 1,024 rows; it took the first ones, we draw them at random).
 MAX_FIT_ROWS = 1024
 # Rows mutual information is estimated on when more than max_input_dimension features exist.
 SELECTION_ROWS = 2000
-# The float encoding of the model's input reaches 9.999e100; y must stay well inside it.
-MAX_ABS_TARGET = 1e100
 
 # The largest problem accepted (docs/errors.md, "Limits"). The model reads at most
 # max_input_dimension (10) features and bags of a few hundred points, so these bound memory
@@ -233,10 +233,10 @@ def _length(a) -> int | None:
 
 def check_target_range(y: np.ndarray) -> None:
     largest = float(np.max(np.abs(y)))
-    if largest >= MAX_ABS_TARGET:
+    if largest >= MAX_ABS_VALUE:  # y is encoded unscaled, as in training
         raise ValueError(
-            f"y reaches {largest:.3g}; the model's float encoding stops near 1e100: divide y "
-            "by a power of ten first")
+            f"y reaches {largest:.3g}; the model's float encoding stops near "
+            f"{MAX_ABS_VALUE:.0e}: divide y by a power of ten first")
 
 
 def check_weights(weight: np.ndarray) -> None:

@@ -21,7 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from jaxsr.checks import int_problem
 from jaxsr.data.config import GeneratorConfig
+from jaxsr.expr.tokens import DEFAULT_MAX_LEN
 from jaxsr.model.config import COMPUTE_DTYPES, CONFIGS, ModelConfig, get_config
 
 # Fields that may differ between a checkpoint's config and the run resuming from it.
@@ -81,7 +83,7 @@ class TrainConfig:
     validate_every: int = 3000
     validation_size: int = 500
     validation_seed: int = 1
-    validation_max_len: int = 200
+    validation_max_len: int = DEFAULT_MAX_LEN
     validation_batch: int = 64
     # Data-generation processes per host (None: cores - 1; 0: generate in the trainer).
     workers: int | None = None
@@ -139,9 +141,9 @@ def _fail(field: str, message: str):
 
 
 def _check_int(config: TrainConfig, field: str, minimum: int) -> None:
-    value = getattr(config, field)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(field, f"must be an int >= {minimum}, got {value!r}")
+    problem = int_problem(getattr(config, field), minimum, python_int=True)
+    if problem:
+        _fail(field, problem)
 
 
 def _check_float(config: TrainConfig, field: str, *, positive: bool) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxsr.expr.tokens import DEFAULT_MAX_LEN
 from jaxsr.expr.tokens import decoder_vocab as jaxsr_decoder_vocab
 from jaxsr.expr.tokens import encoder_vocab as jaxsr_encoder_vocab
 from jaxsr.fileio import atomic_files
@@ -48,7 +49,7 @@ DEFAULT_DECODING = {
     "beam_temperature": 0.1,
     "beam_length_penalty": 1.0,
     "beam_early_stopping": True,
-    "max_generated_output_len": 200,
+    "max_generated_output_len": DEFAULT_MAX_LEN,
 }
 
 
