@@ -256,6 +256,22 @@ def test_to_expressions_takes_decoded(samples):
     assert index.shape == (len(exprs), 2)
 
 
+def test_generate_dispatches_every_strategy_with_n_candidates(model, eos_params, bags):
+    key = jax.random.key(3)
+    direct = {
+        "sampling": decode.sample(model, eos_params, *bags, key=key, n=2, temperature=0.5,
+                                  max_len=MAX_LEN),
+        "beam": decode.beam_search(model, eos_params, *bags, beam_size=2, max_len=MAX_LEN),
+        "greedy": decode.greedy(model, eos_params, *bags, max_len=MAX_LEN),
+    }
+    assert set(direct) == set(decode.STRATEGIES)
+    for strategy, expected in [*direct.items(), ("search", direct["beam"])]:
+        out = decode.generate(model, eos_params, *bags, strategy=strategy, n=2, key=key,
+                              temperature=0.5, max_len=MAX_LEN)
+        np.testing.assert_array_equal(out.tokens, expected.tokens, err_msg=strategy)
+        np.testing.assert_array_equal(out.lengths, expected.lengths, err_msg=strategy)
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -20,16 +20,31 @@ from jaxsr.decode.common import DEFAULT_MAX_LEN, Decoded
 from jaxsr.decode.expressions import Expressions, to_expressions
 from jaxsr.decode.loops import greedy, sample
 
-STRATEGIES = ("greedy", "sampling", "search")
+# The decoding strategies, by the names the regressor's ``decoding`` takes.
+STRATEGIES = ("sampling", "beam", "greedy")
+# The reference's ``beam_type`` for beam search (a weights file may record it).
+_REFERENCE_NAMES = {"search": "beam"}
 
 
-def generate(model, params, point_ids, point_mask, *, strategy: str, **options) -> Decoded:
-    """Dispatches on the reference's ``beam_type`` names: "greedy", "sampling" (``sample``)
-    or "search" (``beam_search``); ``options`` go to that function."""
-    functions = {"greedy": greedy, "sampling": sample, "search": beam_search}
-    if strategy not in functions:
+def generate(model, params, point_ids, point_mask, *, strategy: str, n: int | None = None,
+             key=None, temperature: float = 1.0, **options) -> Decoded:
+    """One strategy of ``STRATEGIES`` (or the reference's "search" for "beam").
+
+    ``n`` is the candidates per bag: ``sample``'s ``n``, ``beam_search``'s ``beam_size``
+    (greedy always gives one). ``key`` and ``temperature`` go to sampling only, the only
+    random strategy; ``options`` (``max_len``, ``devices``, ...) to the function itself.
+    """
+    strategy = _REFERENCE_NAMES.get(strategy, strategy)
+    if strategy not in STRATEGIES:
         raise ValueError(f"unknown decoding strategy {strategy!r}; expected one of {STRATEGIES}")
-    return functions[strategy](model, params, point_ids, point_mask, **options)
+    args = (model, params, point_ids, point_mask)
+    if strategy == "greedy":
+        return greedy(*args, **options)
+    if n is not None:
+        options["n" if strategy == "sampling" else "beam_size"] = n
+    if strategy == "beam":
+        return beam_search(*args, **options)
+    return sample(*args, key=key, temperature=temperature, **options)
 
 
 __all__ = ["Decoded", "Expressions", "DEFAULT_MAX_LEN", "STRATEGIES", "greedy", "sample",

@@ -11,6 +11,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from jaxsr import decode
 from jaxsr.checks import check_int
 from jaxsr.expr.tokens import DEFAULT_MAX_LEN
 from jaxsr.regressor import evolution, inputs, models, pipeline
@@ -161,8 +162,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         check_int("max_len", self.max_len, 1, loaded.model.config.max_positions)
         check_int("max_iter", self.max_iter, 0)
         check_int("verbose", self.verbose, 0)
-        if self.decoding not in pipeline.DECODING:
-            raise ValueError(f"decoding must be one of {pipeline.DECODING}, got {self.decoding!r}")
+        _check_choice("decoding", self.decoding, decode.STRATEGIES)
         temperature = self.temperature
         if temperature is None:
             temperature = float(loaded.decoding.get("beam_temperature", 0.1))

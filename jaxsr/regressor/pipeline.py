@@ -36,7 +36,6 @@ from jaxsr.regressor.models import LoadedModel
 from jaxsr.shapes import bucket, next_power_of_two, pad_point_sets, pad_to
 
 STAGES = ("encode", "decode", "parse", "score", "refine", "search", "select")
-DECODING = ("sampling", "beam", "greedy")
 # Decoder key/value caches of one decoding call stay under this on a CPU (the
 # cross-attention cache is repeated for every candidate row: 13 MB per row for the paper
 # model at 200 points); on an accelerator, under a quarter of its memory.
@@ -288,13 +287,9 @@ def decode_bags(loaded: LoadedModel, bags: Bags, settings: Settings, clock: Cloc
 
 
 def _generate(loaded: LoadedModel, ids, mask, settings: Settings, key, n: int):
-    args = (loaded.model, loaded.params, ids, mask)
-    if settings.decoding == "greedy":
-        return decode.greedy(*args, max_len=settings.max_len)
-    if settings.decoding == "beam":
-        return decode.beam_search(*args, beam_size=n, max_len=settings.max_len)
-    return decode.sample(*args, key=key, n=n, temperature=settings.temperature,
-                         max_len=settings.max_len)
+    return decode.generate(loaded.model, loaded.params, ids, mask, strategy=settings.decoding,
+                           n=n, key=key, temperature=settings.temperature,
+                           max_len=settings.max_len)
 
 
 @dataclasses.dataclass
