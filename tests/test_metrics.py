@@ -9,7 +9,6 @@ import sympy
 from jaxsr.expr import Expr
 from jaxsr.metrics import (
     acc_tau,
-    accuracy_tau,
     check_symbolic_solution,
     complexity,
     is_symbolic_solution,
@@ -63,10 +62,6 @@ def test_acc_tau_tolerance_is_relative_and_inclusive():
     zero = np.zeros(4)
     assert acc_tau(zero, np.full(4, 1e-12), 0.1) == 0.0
     assert acc_tau(zero, np.full(4, 1e-4), 0.05, atol=1e-3) == 1.0
-
-
-def test_accuracy_tau_is_the_same_function():
-    assert accuracy_tau is acc_tau
 
 
 @pytest.mark.parametrize("model, truth, reason", [

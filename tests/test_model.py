@@ -177,29 +177,23 @@ def test_cache_rows_can_sit_at_different_positions_and_be_reordered(tiny, batch)
     np.testing.assert_allclose(np.asarray(logits), full[order, 2], atol=1e-4)
 
 
-def test_greedy_decoding_runs_as_one_compiled_loop(tiny, batch):
-    """The cache is a pytree of static shapes, so lax loops can carry it."""
+def test_cached_greedy_decoding_agrees_with_the_teacher_forced_decoder(tiny, batch):
+    """decode.greedy's loop over the cache picks, at every step, the argmax of the full
+    (uncached) decoder run on the tokens chosen so far."""
+    from jaxsr import decode
+
     mask = batch["point_mask"]
+    steps, eos = 6, decode.common.EOS
+    out = decode.greedy(tiny.model, tiny.params, batch["point_ids"], mask, max_len=steps)
+    tokens = np.asarray(out.tokens[:, 0])
+    assert tokens.shape == (len(mask), steps)
+    sequences = np.concatenate([np.full((len(mask), 1), eos), tokens], axis=1)
     encoded = tiny.encode(tiny.params, batch["point_ids"], mask)
-    steps, eos = 6, 74
-
-    @jax.jit
-    def greedy(params, encoded, mask):
-        cache = tiny.model.apply({"params": params}, encoded, mask, steps,
-                                 method=E2EModel.init_cache)
-
-        def body(t, carry):
-            out, cache = carry
-            logits, cache = tiny.model.apply({"params": params}, out[:, t], t, cache,
-                                             method=E2EModel.decode_step)
-            return out.at[:, t + 1].set(jnp.argmax(logits, -1).astype(jnp.int32)), cache
-
-        out = jnp.full((encoded.shape[0], steps + 1), eos, jnp.int32)
-        return jax.lax.fori_loop(0, steps, body, (out, cache))[0]
-
-    sequences = np.asarray(greedy(tiny.params, encoded, mask))
     logits = np.asarray(tiny.decode(tiny.params, sequences[:, :-1], encoded, mask, None))
-    np.testing.assert_array_equal(sequences[:, 1:], logits.argmax(-1))
+    # Up to each row's end: after <EOS> the loop writes <PAD> instead of its argmax.
+    for row, length in enumerate(np.asarray(out.lengths[:, 0])):
+        end = min(int(length) + 1, steps)
+        np.testing.assert_array_equal(tokens[row, :end], logits[row, :end].argmax(-1))
 
 
 def test_bfloat16_compute_stays_close_to_float32(tiny, batch):
