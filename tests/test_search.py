@@ -330,3 +330,15 @@ def test_power_law_baseline_finds_a_product_of_powers():
     # Logarithms do not apply: y changes sign, or no column is positive.
     assert _power_law(X, y * np.sign(X[:, 0] - 3), None) is None
     assert _power_law(-X, y, None) is None
+
+
+def test_fitted_sum_writes_every_coefficient_in():
+    from jaxsr.search.engine import fitted_sum
+
+    X = np.random.default_rng(0).uniform(0.5, 2.0, (10, 2))
+    terms = [Expr.from_sympy(f, ["x", "y"]) for f in ("2*x*y", "sin(y)", "1.5", "x")]
+    a, b = 0.25, [3.0, -1.0, 2.0, 0.0]
+    expected = a + sum(c * t.evaluate(X) for c, t in zip(b, terms))
+    formula = fitted_sum(terms, a, b)
+    np.testing.assert_allclose(formula.evaluate(X), expected, rtol=1e-12)
+    assert "x_0" in formula.infix() and "sin" in formula.infix()

@@ -325,9 +325,9 @@ class _Search:
         self.rates = self._rates()
         # a + sum_k b_k t_k adds at most 2 + 2 MAX_TERMS nodes and 1 + MAX_TERMS constants
         # to the longest f (proposals f + g, f * g longer than max_length are dropped before
-        # refinement). Every capacity covers the
-        # longest formula, so that the solver compiles once per search: a compilation costs
-        # seconds on a CPU, a larger buffer only a fraction of each call.
+        # refinement). Every capacity covers the longest formula, so that the solver
+        # compiles once per search: a compilation costs seconds on a CPU, a larger buffer
+        # only a fraction of each call.
         bound = 1 << (settings.max_length + 2 + 2 * fitness.MAX_TERMS - 1).bit_length()
         self.refine_size = ProgramSize(ops=bound, constants=bound, depth=bound)
         # Scoring calls take one of two sizes (each compiles once): the offspring of all
@@ -485,7 +485,8 @@ class _Search:
         genomes, scores = population.genomes.take(rows), population.scores.take(rows)
         terms = Terms.of(genomes, Structure.of(genomes), fitness.MAX_TERMS)
         parts = [terms.exprs(genomes, i) for i in range(genomes.size)]
-        exprs = [free_sum(t, scores.intercept[i], scores.coefficients[i]) for i, t in enumerate(parts)]
+        exprs = [free_sum(t, scores.intercept[i], scores.coefficients[i])
+                 for i, t in enumerate(parts)]
         result = self._lbfgs(exprs, population.problem[rows],
                              iterations or self.settings.refine_iterations)
         nmse = result.loss / self.data.variance[population.problem[rows]]
@@ -634,10 +635,15 @@ def split_free_sum(constants: np.ndarray, terms: Sequence[Expr]):
 
 def fitted_sum(terms: Sequence[Expr], intercept: float, coefficients) -> Expr:
     """``a + b_1 t_1 + ...`` as it reads best: b taken into a term's leading constant factor,
-    terms with b = 0 (constant on the data: their value is in a) left out."""
+    terms without variables added into a, terms with b = 0 left out."""
     body = None
     for t, b in zip(terms, coefficients):
-        if b == 0.0 or not t.variables():
+        if b == 0.0:
+            continue
+        if not t.variables():
+            with np.errstate(all="ignore"):
+                value = float(np.asarray(t.evaluate(np.zeros((1, 1)))).reshape(-1)[0])
+            intercept = intercept + b * value if np.isfinite(value) else intercept
             continue
         if t.token == "mul" and t.children[0].is_constant:
             t = Expr.op("mul", Expr.const(b * t.children[0].value), t.children[1])
