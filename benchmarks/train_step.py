@@ -47,7 +47,7 @@ from jaxsr.data import Generator, GeneratorConfig  # noqa: E402
 from jaxsr.data.batching import build_batch, default_token_buckets  # noqa: E402
 from jaxsr.model import E2EModel, abstract_params, count_params, get_config  # noqa: E402
 from jaxsr.train.step import (  # noqa: E402
-    Batch, init_state, make_optimizer, make_train_step, micro_batch_rows, pmap_step,
+    StepBatch, init_state, make_optimizer, make_train_step, micro_batch_rows, pmap_step,
 )
 
 N_POINTS = 100
@@ -61,7 +61,7 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "V100": 125.0,
 # ----------------------------------------------------------------------------- batch
 
 
-def real_batch(tokens: int, n_points: int = N_POINTS) -> Batch:
+def real_batch(tokens: int, n_points: int = N_POINTS) -> StepBatch:
     """``tokens // n_points`` generator samples with at most ``n_points`` points, padded."""
     generator = Generator(GeneratorConfig(seed=0))
     indices = np.arange(20_000)
@@ -69,10 +69,10 @@ def real_batch(tokens: int, n_points: int = N_POINTS) -> Batch:
     chosen = indices[headers.n_points <= n_points][: tokens // n_points]
     arrays = build_batch(generator, chosen, n_points, None,
                          default_token_buckets(generator.config))
-    return Batch(arrays["points"], arrays["n_points"], arrays["tokens"], arrays["n_tokens"])
+    return StepBatch(arrays["points"], arrays["n_points"], arrays["tokens"], arrays["n_tokens"])
 
 
-def describe(batch: Batch) -> dict:
+def describe(batch: StepBatch) -> dict:
     return {"samples": int(batch.points.shape[0]), "padded_points": int(batch.points.shape[1]),
             "padded_target_tokens": int(batch.tokens.shape[1]),
             "points": int(batch.n_points.sum()),
@@ -82,7 +82,7 @@ def describe(batch: Batch) -> dict:
 # ----------------------------------------------------------------------------- jaxsr
 
 
-def jax_step(config, params_seed: int, batch: Batch, repeats: int) -> dict:
+def jax_step(config, params_seed: int, batch: StepBatch, repeats: int) -> dict:
     model = E2EModel(config)
     optimizer = make_optimizer(CLIP)
     state = parallel.replicate(init_state(config, optimizer, params_seed))
@@ -123,7 +123,7 @@ def _xla_flops(model, state, sharded) -> float | None:
 # ----------------------------------------------------------------------------- torch
 
 
-def torch_step(config, params_seed: int, batch: Batch, repeats: int) -> dict | None:
+def torch_step(config, params_seed: int, batch: StepBatch, repeats: int) -> dict | None:
     try:
         import torch
         import torch.nn.functional as F

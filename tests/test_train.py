@@ -35,7 +35,7 @@ from jaxsr.train import (
     read_csv,
     train,
 )
-from jaxsr.train.step import Batch, TrainState, init_state, make_optimizer, token_losses
+from jaxsr.train.step import StepBatch, TrainState, init_state, make_optimizer, token_losses
 from jaxsr.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def test_loss_is_the_mean_over_target_tokens_and_ignores_padding():
     model, params = E2EModel(config), init_params(config, seed=0)
     stream = batches(Generator(GeneratorConfig(seed=3, max_input_dimension=1, max_len=20)),
                      tokens_per_batch=80, point_buckets=(20,), workers=0)
-    batch = Batch.from_data(next(stream))
+    batch = StepBatch.from_data(next(stream))
 
     @jax.jit
     def loss_and_logits(params, batch):

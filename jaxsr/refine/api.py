@@ -15,7 +15,7 @@ from jaxsr import parallel
 from jaxsr.expr.programs import ProgramSize, compile_programs
 from jaxsr.expr.tree import Expr, parse_prefix
 from jaxsr.refine import batched, solvers
-from jaxsr.refine.objective import Problem
+from jaxsr.refine.objective import CandidateBatch
 from jaxsr.shapes import next_power_of_two, pad_to
 
 STATUS_OK, STATUS_NON_FINITE, STATUS_NO_CONSTANTS = "ok", "non-finite", "no constants"
@@ -197,7 +197,8 @@ class _Data:
 
 
 class _Shards:
-    """Some candidates padded and split over the local devices as a stacked ``Problem``.
+    """Some candidates padded and split over the local devices, as a ``CandidateBatch``
+    with a leading device axis.
 
     Padding lanes hold ``_FILLER`` (no operators, no constants) and are never active.
     """
@@ -209,7 +210,7 @@ class _Shards:
         per = self.split.per_device
         programs = [compile_programs(padded[i * per:(i + 1) * per], size)
                     for i in range(self.split.devices)]
-        self.problem = Problem(
+        self.problem = CandidateBatch(
             jax.tree.map(lambda *leaves: np.stack(leaves), *programs), data.X, data.y,
             data.weight, self.pad_and_shard(data.dataset_index[lanes].astype(np.int32), 0),
             self.pad_and_shard(data.inverse_variance[lanes].astype(dtype), 1))
@@ -231,7 +232,7 @@ def _refine_lockstep(exprs, data, params0, has_constants, size, settings):
     return shards.unshard(outcome), shards.unshard(initial)
 
 
-def _lockstep(problem: Problem, params0, has_constants, settings: solvers.Settings):
+def _lockstep(problem: CandidateBatch, params0, has_constants, settings: solvers.Settings):
     return solvers.run(problem, params0, has_constants, settings), problem.losses(params0)
 
 
@@ -299,7 +300,8 @@ def _pmapped_round(settings: solvers.Settings):
 
 
 # Programs and per-candidate arrays are split over devices; the datasets are replicated.
-_AXES = Problem(programs=0, X=None, y=None, weight=None, dataset_index=0, inverse_variance=0)
+_AXES = CandidateBatch(programs=0, X=None, y=None, weight=None, dataset_index=0,
+                       inverse_variance=0)
 _FILLER = parse_prefix("x_0")
 
 

@@ -35,7 +35,7 @@ INACTIVE_VALUE = -1e30  # finite: a line search compares it without producing Na
 
 @register_pytree_node_class
 @dataclasses.dataclass
-class Problem:
+class CandidateBatch:
     """Everything the objective needs, as one pytree.
 
     Attributes:

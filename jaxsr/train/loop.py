@@ -44,7 +44,7 @@ from jaxsr.train.config import TrainConfig
 from jaxsr.train.logging import RunLogger
 from jaxsr.train.schedule import inverse_sqrt_schedule
 from jaxsr.train.step import (
-    Batch,
+    StepBatch,
     TrainState,
     init_state,
     make_optimizer,
@@ -137,7 +137,7 @@ class _Run:
         while step < config.steps:
             batch, self._upcoming = self._upcoming or next(self.stream), None
             lr = self.schedule(step)  # of update number `step`, counted from 0
-            state, metrics = self.train_step(state, parallel.shard(Batch.from_data(batch)),
+            state, metrics = self.train_step(state, parallel.shard(StepBatch.from_data(batch)),
                                              np.float32(lr))
             step += 1
             self._check_and_log()  # the previous step's, while this one runs

@@ -43,7 +43,7 @@ class TrainState(struct.PyTreeNode):
         return cls(step=values["step"], params=values["params"], opt_state=values["opt_state"])
 
 
-class Batch(NamedTuple):
+class StepBatch(NamedTuple):
     """The arrays of a ``jaxsr.data.Batch`` that the step reads (host batch or a slice)."""
 
     points: np.ndarray     # (B, N_pad, 33) int32 encoder ids
@@ -52,7 +52,7 @@ class Batch(NamedTuple):
     n_tokens: np.ndarray   # (B,) int32, both <EOS> included
 
     @classmethod
-    def from_data(cls, batch) -> Batch:
+    def from_data(cls, batch) -> StepBatch:
         return cls(batch.points, batch.n_points, batch.tokens, batch.n_tokens)
 
 
@@ -74,7 +74,7 @@ def init_state(model_config: ModelConfig, optimizer: optax.GradientTransformatio
                       opt_state=optimizer.init(params))
 
 
-def token_losses(model: E2EModel, params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+def token_losses(model: E2EModel, params, batch: StepBatch) -> tuple[jax.Array, jax.Array]:
     """Cross-entropy summed over the batch's non-padding targets, and their count.
 
     Teacher forcing: the decoder reads ``tokens[:, :-1]`` and predicts ``tokens[:, 1:]``;
@@ -89,7 +89,7 @@ def token_losses(model: E2EModel, params, batch: Batch) -> tuple[jax.Array, jax.
     return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(mask, dtype=jnp.float32)
 
 
-def target_mask(batch: Batch) -> jax.Array:
+def target_mask(batch: StepBatch) -> jax.Array:
     """(B, T_pad - 1) bool: True where ``tokens[:, 1:]`` holds a target to predict."""
     positions = jnp.arange(batch.tokens.shape[1] - 1)[None, :]
     return positions < (batch.n_tokens - 1)[:, None]
@@ -114,11 +114,11 @@ def micro_batch_rows(setting: int | None, rows: int, target_len: int, vocab: int
     return max(d for d in range(1, min(wanted, rows) + 1) if rows % d == 0)
 
 
-def summed_loss_and_grads(model: E2EModel, params, batch: Batch, rows: int):
+def summed_loss_and_grads(model: E2EModel, params, batch: StepBatch, rows: int):
     """``token_losses``' sum and its gradient, ``rows`` batch rows at a time: a scan
     accumulates micro-batches, so that activations and logits of one micro-batch only
     are alive at once. Same result as one pass, up to float rounding."""
-    def loss_and_grads(chunk: Batch):
+    def loss_and_grads(chunk: StepBatch):
         return jax.value_and_grad(lambda p: token_losses(model, p, chunk)[0])(params)
 
     total_rows = batch.points.shape[0]
@@ -152,7 +152,7 @@ def make_train_step(model: E2EModel, optimizer: optax.GradientTransformation,
     ``points`` (real ones) and ``tokens`` (targets) of the batch.
     """
 
-    def step(state: TrainState, batch: Batch, lr: jax.Array):
+    def step(state: TrainState, batch: StepBatch, lr: jax.Array):
         local_count = jnp.sum(target_mask(batch), dtype=jnp.float32)
         # Dividing each device's sum by the mean count over devices and averaging the
         # gradients (pmean) gives the gradient of (global sum / global count).
