@@ -34,6 +34,7 @@ SEARCH_ROWS = 256             # training rows the search scores candidates on, a
 RELATIVE_TOLERANCE = 0.05
 ABSOLUTE_TOLERANCE = 1e-10
 SEEDING_SHARE = 0.35          # of max_time, for sampling the seeds
+CHOOSING_SHARE = 0.1          # of the time left after seeding, for polishing the finalists
 SEED_TOKENS = 96              # longest seed, in tokens (about the search's 32 nodes)
 PROPOSALS_PER_TARGET = 16     # model samples per proposal request
 PROPOSAL_TOKENS = 96          # longest proposal, in tokens (about the search's 32 nodes)
@@ -152,7 +153,7 @@ def run(problems: list[Problem], loaded: LoadedModel, settings: pipeline.Setting
                              stopped=result.stopped)
             finalists = [(c.expr, c.origin) for c in result.fronts[i]]
             finalists.append((linear_fit(p, rows[i].train), SOURCE_BASELINE))
-            outcomes.append(choose(p, rows[i], finalists, counts[i], dropped[i]))
+            outcomes.append(choose(p, rows[i], finalists, counts[i], dropped[i], clock))
     return outcomes
 
 
@@ -200,15 +201,17 @@ def _search_settings(settings: pipeline.Settings, clock: pipeline.Clock,
     remaining = None if clock.deadline is None else max(0.0, clock.remaining())
     if generations is None and remaining is None:
         generations = DEFAULT_GENERATIONS
+    search_time = None if remaining is None else (1.0 - CHOOSING_SHARE) * remaining
     return SearchSettings(population_size=settings.population_size, generations=generations,
-                          max_time=remaining, seed=settings.seed, verbose=settings.verbose,
+                          max_time=search_time, seed=settings.seed, verbose=settings.verbose,
                           width=width)
 
 
 # ---------------------------------------------------------------------------- choosing
 
 
-def choose(p: Problem, rows: Rows, finalists, counts, dropped) -> pipeline.Outcome:
+def choose(p: Problem, rows: Rows, finalists, counts, dropped,
+           clock: pipeline.Clock | None = None) -> pipeline.Outcome:
     """The finalists measured on the training and validation rows, in the original
     columns, simplest first; ``selected`` is the simplest within tolerance of the best
     validation error (the training error where there are no validation rows).
@@ -217,10 +220,11 @@ def choose(p: Problem, rows: Rows, finalists, counts, dropped) -> pipeline.Outco
     their sums also compete without each of their terms (``PRUNE_ROUNDS`` times): the
     search's float32 constants leave exact formulas an error of 1e-12 to 1e-8, and a term
     with a tiny coefficient that fits float32 noise would otherwise keep a longer formula
-    ahead of the exact one.
+    ahead of the exact one. Polishing stops at ``clock``'s deadline (the search leaves it
+    ``CHOOSING_SHARE`` of the time it had).
     """
     judged = rows.validation if len(rows.validation) else rows.train
-    pool = _Finalists(p, rows.train, judged)
+    pool = _Finalists(p, rows.train, judged, clock)
     for expr, source in finalists:
         pool.add(expr, source)
     if not pool.exprs:  # nothing finite at all: the mean
@@ -245,8 +249,9 @@ def choose(p: Problem, rows: Rows, finalists, counts, dropped) -> pipeline.Outco
 class _Finalists:
     """Distinct formulas (by skeleton) with their training and validation metrics."""
 
-    def __init__(self, p: Problem, train_rows, judged_rows):
+    def __init__(self, p: Problem, train_rows, judged_rows, clock=None):
         self.p, self.train_rows, self.judged_rows = p, train_rows, judged_rows
+        self.clock = clock
         self.exprs, self.sources, self.train, self.valid = [], [], [], []
         self.seen, self.polished = set(), set()
 
@@ -274,15 +279,24 @@ class _Finalists:
         return np.lexsort(([t[0] for t in self.train], complexity))
 
     def polish_contenders(self) -> list[int]:
-        """Polishes the contenders not polished yet (see ``_contenders``); returns them."""
+        """Polishes the contenders not polished yet (see ``_contenders``) while time is left;
+        returns those it polished."""
         order = self.order()
         fresh = [k for k in _contenders([1.0 - self.valid[k][1] for k in order], order)
                  if k not in self.polished]
+        done = []
         for k in fresh:
+            if self._out_of_time():
+                break
             self.exprs[k] = _polish(self.exprs[k], self.p, self.train_rows)
             self._measure(k)
             self.polished.add(k)
-        return fresh
+            done.append(k)
+        return done
+
+    def _out_of_time(self) -> bool:
+        remaining = None if self.clock is None else self.clock.remaining()
+        return remaining is not None and remaining <= 0
 
 
 def _signed_terms(expr: Expr, sign: float = 1.0) -> list[tuple[float, Expr]]:
