@@ -59,7 +59,7 @@ def test_decode_float_rejects_malformed(bad):
         decode_float(bad)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=3 * settings.default.max_examples, deadline=None)
 @given(st.floats(min_value=-9e103, max_value=9e103, allow_nan=False, allow_infinity=False))
 def test_float_round_trip_within_half_unit_of_fourth_digit(value):
     decoded = decode_float(encode_float(value))

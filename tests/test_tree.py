@@ -28,7 +28,7 @@ def test_parse_reference_example():
     assert expr.complexity() == 6
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=2 * settings.default.max_examples, deadline=None)
 @given(seeds)
 def test_prefix_round_trip(seed):
     expr = _tree(seed)
@@ -63,7 +63,7 @@ def _moderate_tree(seed, **kw):
     return expr.with_constants(rng.uniform(-3, 3, expr.n_constants)), rng.uniform(0.5, 2, (20, 3))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=3 * settings.default.max_examples // 2, deadline=None)
 @given(seeds)
 def test_sympy_gives_the_same_numbers(seed):
     expr, X = _moderate_tree(seed, unary=("abs", "inv", "exp", "sin", "cos", "arctan", "pow2",
@@ -71,7 +71,7 @@ def test_sympy_gives_the_same_numbers(seed):
     assert_sympy_agrees(expr, expr.to_sympy(), X)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=3 * settings.default.max_examples // 2, deadline=None)
 @given(seeds)
 def test_infix_parses_back_to_the_same_function(seed):
     expr, X = _moderate_tree(seed, unary=("abs", "inv", "exp", "sin", "pow2", "pow3", "sqrt", "log"))
@@ -81,7 +81,7 @@ def test_infix_parses_back_to_the_same_function(seed):
 _WORDS = list(Vocab.decoder().id2word[15:74]) + ["+", "-", "N1234", "E-2", "N99", "E7x", "foo", ""]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=4 * settings.default.max_examples, deadline=None)
 @given(st.lists(st.sampled_from(_WORDS), max_size=25))
 def test_any_token_string_parses_or_raises_invalid_expression(words):
     try:
