@@ -3,6 +3,9 @@
 import numpy as np
 
 
+_NUDGES = np.random.default_rng(20261205).uniform(-3.0, 3.0, 80)
+
+
 def well_conditioned(expr, X, values, nudge=1e-10, tol=1e-6):
     """Points where ``values`` are finite, moderate and stable under a small nudge.
 
@@ -11,9 +14,12 @@ def well_conditioned(expr, X, values, nudge=1e-10, tol=1e-6):
     ``tol`` relative, two correct implementations may round to very different numbers
     (sin of a huge argument, near-cancellation), so comparisons skip those points.
     """
-    pattern = 1 + nudge * np.array([1.0, -2.0, 3.0, -1.5, 2.5] * 8)
+    # Multipliers with no simple relation between them: with integer ones (1, -2, 3) the
+    # nudges of x_2 * x_1 / c cancelled exactly, and cos of a 1e39 argument passed as stable.
+    pattern = 1 + nudge * _NUDGES
     consts = expr.constants()
-    nudged = expr.with_constants(consts * pattern[: len(consts)][::-1])
+    # Columns take the first multipliers and constants later ones, so none are shared.
+    nudged = expr.with_constants(consts * np.resize(pattern[16:], len(consts)))
     moved = nudged.evaluate(X * pattern[: X.shape[1]])
     with np.errstate(all="ignore"):
         stable = np.abs(moved - values) <= tol * np.abs(values) + 1e-3 * tol
