@@ -195,9 +195,13 @@ def test_point_blocks_give_the_same_values_and_gradients(monkeypatch):
     np.testing.assert_allclose(blocked[1], whole[1], rtol=1e-5, atol=1e-6)
 
 
-def test_taps_read_subtree_values_from_the_same_pass():
+@pytest.mark.parametrize("block_bytes", [None, 4096])  # 4096: points run in blocks
+def test_taps_read_subtree_values_from_the_same_pass(block_bytes, monkeypatch):
     from jaxsr.expr.programs import assemble, evaluate_taps
     from jaxsr.search.population import Genomes, Structure, to_nodes
+
+    if block_bytes:
+        monkeypatch.setattr(programs_module, "BLOCK_BYTES", block_bytes)
 
     exprs = [Expr.from_sympy(f, ["x", "y"]) for f in ("sin(x)*y + exp(y)", "x - 2.5*y")]
     genomes, _ = Genomes.from_exprs(exprs, 16)
@@ -206,9 +210,10 @@ def test_taps_read_subtree_values_from_the_same_pass():
     # Per program: its root, its first operand, and -1 (the number 0).
     taps = np.stack([nodes.root, nodes.root + 1, np.full(2, -1)], 1)
     programs = assemble(nodes, ProgramSize(16, 16, 16), taps=taps)
-    X = np.random.default_rng(0).uniform(0.5, 2.0, (1, 30, 2))
+    n = 30 if block_bytes is None else 37  # another shape: a fresh compilation
+    X = np.random.default_rng(0).uniform(0.5, 2.0, (1, n, 2))
     values = np.asarray(evaluate_taps(programs, X, np.zeros(2, np.int32)))
-    assert values.shape == (2, 3, 30)
+    assert values.shape == (2, 3, n)
     for i, e in enumerate(exprs):
         np.testing.assert_allclose(values[i, 0], e.evaluate(X[0]), rtol=1e-6)
         np.testing.assert_allclose(values[i, 1], e.children[0].evaluate(X[0]), rtol=1e-6)

@@ -557,14 +557,16 @@ def _evaluate_taps_jit(p: Programs, X, data_index):
     x_rows = jnp.swapaxes(X, 1, 2).reshape(n_sets * n_dims, n_points)
     frame = _Frame.make(p, p.constants.astype(X.dtype), x_rows, data_index, n_dims)
     size = _block_points(p, x_rows, buffers=1)
+    taps = jax.tree.map(lambda a: a.reshape(-1), p.taps)  # rows, as the roots are
 
     def block(xb):
-        return frame.values(p.taps, _forward_buffer(frame, xb), data_index, n_dims)[0]
+        return frame.values(taps, _forward_buffer(frame, xb), data_index, n_dims)[0]
 
     if size == x_rows.shape[1]:
-        return block(x_rows)
-    values = lax.map(block, _blocks(x_rows, size))  # (blocks, ..., Nb)
-    return jnp.moveaxis(values, 0, -2).reshape(*values.shape[1:-1], -1)[..., :n_points]
+        values = block(x_rows)
+    else:
+        values = _unblock(lax.map(block, _blocks(x_rows, size)), n_points)
+    return values.reshape(*p.taps.node.shape, n_points)
 
 
 def evaluate_taps(programs: Programs, X, dataset_index) -> jax.Array:

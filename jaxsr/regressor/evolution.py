@@ -266,16 +266,13 @@ class _Finalists:
         self.seen.add(key)
         self.exprs.append(expr)
         self.sources.append(source)
+        self.train.append(None)
+        self.valid.append(None)
         self._measure(len(self.exprs) - 1)
 
     def _measure(self, k: int) -> None:
-        measure = lambda rows: _metrics(self.exprs[k], self.p, rows)
-        metrics = (measure(self.train_rows), measure(self.judged_rows))
-        if k == len(self.train):
-            self.train.append(metrics[0])
-            self.valid.append(metrics[1])
-        else:
-            self.train[k], self.valid[k] = metrics
+        self.train[k] = _metrics(self.exprs[k], self.p, self.train_rows)
+        self.valid[k] = _metrics(self.exprs[k], self.p, self.judged_rows)
 
     def order(self) -> np.ndarray:
         """Indices, simplest first (ties: lower training error first)."""

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from jaxsr.checks import check_int
 from jaxsr.data import trees
 from jaxsr.data.config import GeneratorConfig
 from jaxsr.expr import operators
@@ -36,6 +37,7 @@ from jaxsr.expr.tree import Expr
 from jaxsr.refine import refine_constants
 from jaxsr.search import fitness, selection, variation
 from jaxsr.search.population import Genomes, Structure, Terms
+from jaxsr.shapes import next_power_of_two
 
 # Where a formula came from; a child of any variation is "evolved".
 ORIGINS = ("model sample", "model proposal", "evolved", "random tree", "baseline")
@@ -108,12 +110,12 @@ class SearchSettings:
 
     def check(self) -> None:
         for name in ("population_size", "max_length", "tournament_size", "refine_every"):
-            _positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         for name in ("refine_top", "refine_iterations", "proposal_every", "proposal_members"):
-            _positive_int(name, getattr(self, name), allow_zero=True)
+            check_int(name, getattr(self, name), low=0)
         for name in ("generations", "max_evaluations"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name), allow_zero=True)
+                check_int(name, getattr(self, name), low=0)
         if self.max_time is not None and not (np.isfinite(self.max_time) and self.max_time >= 0):
             raise ValueError(f"max_time must be a non-negative number, got {self.max_time!r}")
         if self.generations is None and self.max_evaluations is None and self.max_time is None:
@@ -126,12 +128,6 @@ class SearchSettings:
         self.rates.probabilities()
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-
-
-def _positive_int(name, value, allow_zero=False) -> None:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,7 +286,7 @@ def evolve(problems: Sequence[tuple], seeds: Sequence[Sequence[Expr]] | None = N
 def _score_sizes(batch: int) -> tuple[int, int]:
     """(small, large) rows per scoring call for a search whose offspring are ``batch`` rows:
     the large size holds them in one call, the small one (an eighth) serves proposals."""
-    large = max(64, 1 << (batch - 1).bit_length())
+    large = next_power_of_two(batch, minimum=64)
     return max(64, large // 8), large
 
 
@@ -328,7 +324,7 @@ class _Search:
         # refinement). Every capacity covers the longest formula, so that the solver
         # compiles once per search: a compilation costs seconds on a CPU, a larger buffer
         # only a fraction of each call.
-        bound = 1 << (settings.max_length + 2 + 2 * fitness.MAX_TERMS - 1).bit_length()
+        bound = next_power_of_two(settings.max_length + 2 + 2 * fitness.MAX_TERMS)
         self.refine_size = ProgramSize(ops=bound, constants=bound, depth=bound)
         # Scoring calls take one of two sizes (each compiles once): the offspring of all
         # problems, and an eighth of it for small batches (proposals).
@@ -684,11 +680,8 @@ def _power_law(X: np.ndarray, y: np.ndarray, weight) -> Expr | None:
     with np.errstate(all="ignore"):
         coef = np.linalg.lstsq(Z * root[:, None], np.log(np.abs(y)) * root, rcond=None)[0]
     powers = np.clip(np.round(coef[1:] / POWER_STEP) * POWER_STEP, -MAX_POWER, MAX_POWER)
-    up = [_power(k, e) for k, e in zip(positive, powers) if e > 0]
-    down = [_power(k, -e) for k, e in zip(positive, powers) if e < 0]
-    product = lambda factors: None if not factors else \
-        factors[0] if len(factors) == 1 else Expr.op("mul", factors[0], product(factors[1:]))
-    top, bottom = product(up), product(down)
+    top = _product([_power(k, e) for k, e in zip(positive, powers) if e > 0])
+    bottom = _product([_power(k, -e) for k, e in zip(positive, powers) if e < 0])
     if bottom is None:
         return top
     return Expr.op("div", top if top is not None else Expr.const(1.0), bottom)
@@ -697,11 +690,14 @@ def _power_law(X: np.ndarray, y: np.ndarray, weight) -> Expr | None:
 def _power(k: int, e: float) -> Expr:
     """x_k^e for a positive multiple e of 1/2."""
     x = Expr.var(int(k))
-    whole, half = int(e), e % 1 > 0
-    factors = [x] * whole + ([Expr.op("sqrt", x)] if half else [])
-    out = factors[0]
-    for f in factors[1:]:
-        out = Expr.op("mul", out, f)
+    return _product([x] * int(e) + ([Expr.op("sqrt", x)] if e % 1 > 0 else []))
+
+
+def _product(factors: list[Expr]) -> Expr | None:
+    """The product of ``factors`` as a tree (None for none)."""
+    out = None
+    for f in factors:
+        out = f if out is None else Expr.op("mul", out, f)
     return out
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxsr.expr.programs import assemble, evaluate_taps
 from jaxsr.search.population import Genomes, Structure, Terms, program_size, to_nodes
+from jaxsr.shapes import next_power_of_two
 
 MAX_TERMS = 4
 # Ridge on the standardised terms' Gram matrix (a correlation matrix), in units of the
@@ -45,7 +46,7 @@ class Data:
         """From (X (n, d), y (n,), weight (n,) or None) triples of any sizes. Points are
         padded (weight 0) to a power of two and columns to ``width``, so that searches on
         similar data reuse the compiled evaluator."""
-        n = max(16, 1 << (max(len(p[1]) for p in problems) - 1).bit_length())
+        n = next_power_of_two(max(len(p[1]) for p in problems), minimum=16)
         d = max([np.shape(p[0])[1] for p in problems] + [width or 0])
         Q = len(problems)
         X, y, weight = np.zeros((Q, n, d)), np.zeros((Q, n)), np.zeros((Q, n))

@@ -35,6 +35,7 @@ from jaxsr.expr.programs import (
     ProgramSize,
 )
 from jaxsr.expr.tree import Expr
+from jaxsr.shapes import next_power_of_two
 
 PAD = -1
 # Arity of every opcode (index: operators.FUNCTIONS order).
@@ -189,7 +190,7 @@ def program_size(genomes: Genomes) -> ProgramSize:
     short time budget costs more than the larger buffer)."""
     valid = np.arange(genomes.max_length) < genomes.length[:, None]
     n_ops = ((genomes.kind == KIND_OP) & valid).sum(axis=1)
-    up = lambda n: max(4, 1 << (int(n) - 1).bit_length())
+    up = lambda n: next_power_of_two(int(n), minimum=4)
     return ProgramSize(ops=up(max(np.ceil(n_ops.mean()), genomes.max_length // 2)),
                        constants=up(genomes.max_length),
                        depth=up(genomes.max_length))
