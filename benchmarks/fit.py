@@ -6,7 +6,7 @@ the ``paper`` config with random weights, sampling at the weights' default tempe
 refinement of every unique candidate (at most 50 L-BFGS iterations, float64), for
 n_candidates = 10 and 1000.
 
-- encode, decode, parse: the regressor's own stages on the random model. Random weights
+- tokenise, decode, parse: the regressor's own stages on the random model. Random weights
   almost never emit ``<EOS>``, so every sequence runs to ``max_len`` (200 for n = 10; for
   n = 1000 on a CPU that would be 200,000 paper-model tokens, so ``--long-max-len`` (20)
   applies there and the JSON says so), and almost nothing parses. ``10_len60`` repeats
@@ -37,7 +37,6 @@ import platform
 import sys
 import time
 import warnings
-from collections import Counter
 
 import jax
 import numpy as np
@@ -49,7 +48,7 @@ from jaxsr import SymbolicTransformerRegressor, datasets
 from jaxsr.expr.random_trees import random_expr
 from jaxsr.regressor import inputs, models, pipeline
 
-STAGES = ("encode", "decode", "parse", "score", "refine", "select")
+STAGES = ("tokenise", "decode", "parse", "score", "refine", "select")
 
 
 def problem(seed: int = 0) -> inputs.Problem:
@@ -70,16 +69,13 @@ def run_stages(loaded, settings, exprs) -> tuple[dict, dict]:
     """One pass over every stage (stage -> seconds) and its counts."""
     problems = [problem()]
     clock = pipeline.Clock(None, verbose=0)
-    counts, dropped = [pipeline.new_counts()], [Counter()]
-    with clock.stage("encode"):
-        bags = pipeline.make_bags(problems, settings, loaded.max_features)
-    with clock.stage("decode"):
-        tokens, lengths = pipeline.decode_bags(loaded, bags, settings, clock)
+    bags, tokens, lengths = pipeline.tokenise_and_decode(problems, loaded, settings, clock)
     with clock.stage("parse"):
-        parsed = pipeline.parse(tokens, lengths, bags, problems, counts, dropped)
+        parsed, counts, dropped = pipeline.parse(tokens, lengths, bags, problems)
+    counts = pipeline.sampled_counts(bags, len(tokens), counts, len(problems))
     pool = pipeline.Pool(list(exprs), np.zeros(len(exprs), int))
     with clock.stage("score"):
-        pool = pipeline.dedupe(pipeline.score(pool, problems, dropped), counts)
+        pool = pipeline.dedupe(pipeline.score(pool, problems)[0])
     with clock.stage("refine"):
         pool = pipeline.refine(pool, problems, settings, clock)
     with clock.stage("select"):

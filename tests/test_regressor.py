@@ -104,7 +104,7 @@ def test_fit_many_returns_one_fitted_clone_per_problem(fitted):
         est = fitted[name]
         assert est is not template and est.get_params() == template.get_params()
         assert len(est.expressions_) == len(est.equations_) >= 1
-        assert set(est.timings_) >= {"encode", "decode", "parse", "score", "refine", "select"}
+        assert set(est.timings_) >= {"tokenise", "decode", "parse", "score", "refine", "select"}
 
 
 def test_an_exact_formula_is_found_refined_and_ranked_first(fitted):
@@ -296,7 +296,7 @@ def test_verbose_prints_progress_and_timings(capsys):
     tiny(verbose=1).fit(X_LINE, Y_LINE)
     out = capsys.readouterr().out
     assert "model tiny (random weights, untrained)" in out
-    assert "seconds: encode" in out and "fallback:" in out
+    assert "seconds: tokenise " in out and "fallback:" in out
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -73,7 +73,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         n_features_in_: as sklearn; selected_features_: columns the model saw.
       fallback_: None, or why the answer is a fallback (no usable formula, constant y).
       model_label_: which model produced the result, "untrained" where it is.
-      timings_: seconds per stage (encode, decode, parse, score, refine, select, total).
+      timings_: seconds per stage (tokenise, decode, parse, score, refine, select, total).
       fit_info_: counts (bags, sampled, valid, unique), dropped sequences by reason, ...
       stopped_early_: max_time cut the fit short.
       n_iter_: the most L-BFGS iterations any candidate ran (0 when none was refined).

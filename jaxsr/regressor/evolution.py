@@ -178,16 +178,12 @@ def _seeds(training, loaded, settings, clock):
                                 n_candidates=min(settings.n_candidates, SEED_SAMPLES))
     with clock.until(None if settings.max_time is None
                      else SEEDING_SHARE * settings.max_time):
-        with clock.stage("encode"):
-            bags = pipeline.make_bags(training, short, loaded.max_features)
-        if not len(bags.problem):
-            return [[] for _ in training], counts, dropped
-        with clock.stage("decode"):
-            tokens, lengths = pipeline.decode_bags(loaded, bags, short, clock)
-    for i in bags.problem[: len(tokens)]:
-        counts[i]["bags"] += 1
+        bags, tokens, lengths = pipeline.tokenise_and_decode(training, loaded, short, clock)
+    if not len(bags.problem):
+        return [[] for _ in training], counts, dropped
     with clock.stage("parse"):
-        pool = pipeline.parse(tokens, lengths, bags, training, counts, dropped)
+        pool, parsed, dropped = pipeline.parse(tokens, lengths, bags, training)
+    counts = pipeline.sampled_counts(bags, len(tokens), parsed, len(training))
     seeds = []
     for i, p in enumerate(training):
         unique = {}

@@ -1,6 +1,9 @@
 """One batched pass over one or many problems: every stage of a fit, each a plain function.
 
-    bags -> encode -> decode -> parse -> score -> dedupe -> unscale -> refine -> select
+    bags -> tokenise -> decode -> parse -> score -> dedupe -> unscale -> refine -> select
+
+Each stage returns new values (a new ``Pool``, per-problem counts) and leaves its inputs
+as they were, so that a stage can be run, timed or tested on its own.
 
 All bags of all problems decode together (in calls sized to a memory budget), all
 candidates are scored in one batched call, and all unique candidates are refined in one
@@ -35,7 +38,9 @@ from jaxsr.regressor.inputs import Problem
 from jaxsr.regressor.models import LoadedModel
 from jaxsr.shapes import bucket, next_power_of_two, pad_point_sets, pad_to
 
-STAGES = ("encode", "decode", "parse", "score", "refine", "search", "select")
+# "tokenise" is host work (rows into bags, numbers into tokens); the encoder itself runs
+# inside "decode".
+STAGES = ("tokenise", "decode", "parse", "score", "refine", "search", "select")
 # Decoder key/value caches of one decoding call stay under this on a CPU (the
 # cross-attention cache is repeated for every candidate row: 13 MB per row for the paper
 # model at 200 points); on an accelerator, under a quarter of its memory.
@@ -292,9 +297,9 @@ def _generate(loaded: LoadedModel, ids, mask, settings: Settings, key, n: int):
                            max_len=settings.max_len)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Pool:
-    """Candidates of all problems: parallel lists, filled in stage by stage."""
+    """Candidates of all problems: parallel arrays; each stage returns a new pool."""
 
     exprs: list[Expr]
     problem: np.ndarray
@@ -309,11 +314,18 @@ class Pool:
         return Pool([self.exprs[i] for i in keep], self.problem[keep], pick(self.mse),
                     pick(self.r2), pick(self.refined), pick(self.iterations))
 
+    def per_problem(self, n_problems: int) -> np.ndarray:
+        """How many candidates each of ``n_problems`` problems has."""
+        return np.bincount(self.problem, minlength=n_problems)
 
-def parse(tokens, lengths, bags: Bags, problems: list[Problem], counts, dropped) -> Pool:
-    """Token rows -> trees; drops (and counts per problem) invalid rows and formulas using a
-    variable beyond the problem's selected features."""
+
+def parse(tokens, lengths, bags: Bags, problems: list[Problem]):
+    """Token rows -> trees, dropping invalid rows and formulas using a variable beyond the
+    problem's selected features. Returns the pool, per-problem counts (sampled, valid) and
+    per-problem drop reasons."""
     exprs, owner = [], []
+    counts = [{"sampled": 0, "valid": 0} for _ in problems]
+    dropped = [Counter() for _ in problems]
     decoded_problems = bags.problem[: len(tokens)]
     for i, p in enumerate(problems):
         mine = decoded_problems == i
@@ -324,17 +336,19 @@ def parse(tokens, lengths, bags: Bags, problems: list[Problem], counts, dropped)
         dropped[i].update(parsed.dropped)
         if len(usable) < len(parsed.exprs):
             dropped[i][DROPPED_VARIABLE] += len(parsed.exprs) - len(usable)
-        counts[i].update(sampled=int(lengths[mine].size), valid=len(usable))
+        counts[i] = {"sampled": int(lengths[mine].size), "valid": len(usable)}
         exprs += usable
         owner += [i] * len(usable)
-    return Pool(exprs, np.asarray(owner, int))
+    return Pool(exprs, np.asarray(owner, int)), counts, dropped
 
 
-def score(pool: Pool, problems: list[Problem], dropped) -> Pool:
+def score(pool: Pool, problems: list[Problem]) -> tuple[Pool, list[Counter]]:
     """Weighted MSE of every candidate on its problem's fit rows, in one batched float64
-    evaluation (model space: standardised x, raw y); drops those not finite there."""
+    evaluation (model space: standardised x, raw y); drops those not finite there. Returns
+    the scored pool and, per problem, the drops."""
+    dropped = [Counter() for _ in problems]
     if not pool.exprs:
-        return pool
+        return dataclasses.replace(pool, mse=np.zeros(0)), dropped
     X, y, weight = stack_fit_rows(problems, Problem.standardised, _width(problems))
     size = bucket(len(pool.exprs))
     with jax.enable_x64(True):
@@ -349,8 +363,7 @@ def score(pool: Pool, problems: list[Problem], dropped) -> Pool:
     finite = np.isfinite(mse) & np.all(np.isfinite(values) | (weight == 0), axis=1)
     for i in pool.problem[~finite]:
         dropped[i][DROPPED_NON_FINITE] += 1
-    pool.mse = mse
-    return pool.take(np.flatnonzero(finite))
+    return dataclasses.replace(pool, mse=mse).take(np.flatnonzero(finite)), dropped
 
 
 def _width(problems: list[Problem]) -> int:
@@ -359,17 +372,14 @@ def _width(problems: list[Problem]) -> int:
     return problems[0].max_features
 
 
-def dedupe(pool: Pool, counts) -> Pool:
+def dedupe(pool: Pool) -> Pool:
     """One candidate per (problem, skeleton): the one with the lowest MSE."""
     best: dict = {}
     for j, (expr, i) in enumerate(zip(pool.exprs, pool.problem)):
         key = (int(i), expr.skeleton())
         if key not in best or pool.mse[j] < pool.mse[best[key]]:
             best[key] = j
-    pool = pool.take(sorted(best.values()))
-    for i in np.unique(pool.problem):
-        counts[i]["unique"] = int(np.sum(pool.problem == i))
-    return pool
+    return pool.take(sorted(best.values()))
 
 
 def refine(pool: Pool, problems: list[Problem], settings: Settings, clock: Clock) -> Pool:
@@ -378,14 +388,21 @@ def refine(pool: Pool, problems: list[Problem], settings: Settings, clock: Clock
     if not pool.exprs:
         return dataclasses.replace(pool, mse=np.zeros(0), r2=np.zeros(0),
                                    refined=np.zeros(0, bool), iterations=np.zeros(0, int))
-    pool.exprs = [unscale(e, problems[i]) for e, i in zip(pool.exprs, pool.problem)]
-    pool.refined = np.zeros(len(pool.exprs), bool)
-    pool.iterations = np.zeros(len(pool.exprs), int)
     variance = np.array([weighted_variance(p.y[p.fit_rows], p.weight[p.fit_rows])
                          for p in problems])
-    pool.r2 = 1.0 - pool.mse / np.where(variance > 0, variance, 1.0)[pool.problem]
+    unscaled = dataclasses.replace(
+        pool, exprs=[unscale(e, problems[i]) for e, i in zip(pool.exprs, pool.problem)],
+        r2=1.0 - pool.mse / np.where(variance > 0, variance, 1.0)[pool.problem],
+        refined=np.zeros(len(pool.exprs), bool), iterations=np.zeros(len(pool.exprs), int))
     if not (settings.refine and settings.max_iter > 0) or clock.out_of_time():
-        return pool
+        return unscaled
+    return _refine_constants(unscaled, problems, settings, clock)
+
+
+def _refine_constants(pool: Pool, problems: list[Problem], settings: Settings,
+                      clock: Clock) -> Pool:
+    """``refine_constants`` on every candidate of ``pool`` (in the user's units), in rounds
+    of ROUND_ITERATIONS while a deadline is set."""
     users = np.unique(pool.problem)  # the datasets refine_constants needs, in order
     X, y, weight = stack_fit_rows([problems[i] for i in users], Problem.user_units,
                                   _width(problems))
@@ -402,10 +419,9 @@ def refine(pool: Pool, problems: list[Problem], settings: Settings, clock: Clock
         iterations += result.iterations
         if not np.any(result.iterations == step) or clock.out_of_time():
             break  # every candidate stopped on its own, or time is up
-    pool.exprs, pool.mse, pool.r2 = exprs, result.loss, result.r2
-    pool.refined = np.array([e.n_constants > 0 for e in pool.exprs])
-    pool.iterations = iterations
-    return pool
+    return dataclasses.replace(pool, exprs=exprs, mse=result.loss, r2=result.r2,
+                               refined=np.array([e.n_constants > 0 for e in exprs]),
+                               iterations=iterations)
 
 
 def select(pool: Pool, problems: list[Problem], counts, dropped) -> list[Outcome]:
@@ -415,10 +431,11 @@ def select(pool: Pool, problems: list[Problem], counts, dropped) -> list[Outcome
     for i, p in enumerate(problems):
         rows = [(to_columns(pool.exprs[j], p), pool.r2[j], pool.mse[j], pool.refined[j],
                  SOURCE_MODEL) for j in np.flatnonzero(pool.problem == i)]
-        counts[i]["iterations"] = int(pool.iterations[pool.problem == i].max(initial=0))
+        counted = {**counts[i],
+                   "iterations": int(pool.iterations[pool.problem == i].max(initial=0))}
         fallback = None
         if not rows:
-            fallback, extra = _fallback(p, counts[i], dropped[i])
+            fallback, extra = _fallback(p, counted, dropped[i])
             for source, expr in extra:
                 mse, r2 = weighted_metrics(expr.evaluate(p.X[p.fit_rows]), p.y[p.fit_rows],
                                            p.weight[p.fit_rows])
@@ -430,7 +447,7 @@ def select(pool: Pool, problems: list[Problem], counts, dropped) -> list[Outcome
         outcomes.append(Outcome(
             exprs=[exprs[k] for k in order], r2=r2[order], mse=np.asarray(mse, float)[order],
             complexity=complexity[order], refined=np.asarray(refined, bool)[order],
-            source=[source[k] for k in order], fallback=fallback, counts=counts[i],
+            source=[source[k] for k in order], fallback=fallback, counts=counted,
             dropped=dict(dropped[i])))
     return outcomes
 
@@ -465,29 +482,44 @@ def _linear_fit(p: Problem) -> Expr:
 
 
 def new_counts() -> dict:
-    """Per-problem counters, filled in stage by stage."""
+    """Per-problem counters, all zero."""
     return {"bags": 0, "sampled": 0, "valid": 0, "unique": 0, "iterations": 0}
 
 
-def sample(problems: list[Problem], loaded: LoadedModel, settings: Settings, clock: Clock):
-    """The paper's protocol up to ranking: every unique sampled formula of every problem,
-    in the user's units (variables: selected features), refined. Returns the pool and the
-    per-problem counters and drop reasons."""
-    counts = [new_counts() for _ in problems]
-    dropped = [Counter() for _ in problems]
-    with clock.stage("encode"):
+def tokenise_and_decode(problems: list[Problem], loaded: LoadedModel, settings: Settings,
+                        clock: Clock):
+    """Bags of every problem and their decoded token rows (tokens, lengths); the bags of
+    which only the first ``len(tokens)`` decoded before max_time ran out."""
+    with clock.stage("tokenise"):
         bags = make_bags(problems, settings, loaded.max_features)
     with clock.stage("decode"):
         if len(bags.problem):
             tokens, lengths = decode_bags(loaded, bags, settings, clock)
         else:
             tokens = lengths = np.zeros((0, 1, 1), np.int32)
-    for i in bags.problem[: len(tokens)]:
-        counts[i]["bags"] += 1
+    return bags, tokens, lengths
+
+
+def sampled_counts(bags: Bags, n_decoded: int, parsed: list[dict], n_problems: int):
+    """Per-problem counters after parsing: bags decoded, sequences sampled, valid ones."""
+    decoded = np.bincount(bags.problem[:n_decoded], minlength=n_problems)
+    return [{**new_counts(), **parsed[i], "bags": int(decoded[i])} for i in range(n_problems)]
+
+
+def sample(problems: list[Problem], loaded: LoadedModel, settings: Settings, clock: Clock):
+    """The paper's protocol up to ranking: every unique sampled formula of every problem,
+    in the user's units (variables: selected features), refined. Returns the pool and the
+    per-problem counters and drop reasons."""
+    bags, tokens, lengths = tokenise_and_decode(problems, loaded, settings, clock)
     with clock.stage("parse"):
-        pool = parse(tokens, lengths, bags, problems, counts, dropped)
+        pool, parsed, dropped = parse(tokens, lengths, bags, problems)
     with clock.stage("score"):
-        pool = dedupe(score(pool, problems, dropped), counts)
+        pool, non_finite = score(pool, problems)
+        pool = dedupe(pool)
+    counts = sampled_counts(bags, len(tokens), parsed, len(problems))
+    for count, unique in zip(counts, pool.per_problem(len(problems))):
+        count["unique"] = int(unique)
+    dropped = [a + b for a, b in zip(dropped, non_finite)]
     with clock.stage("refine"):
         pool = refine(pool, problems, settings, clock)
     return pool, counts, dropped
