@@ -23,8 +23,8 @@ from jaxsr.expr import (
 )
 
 _LAZY = {
-    "ProgramSize": "jaxsr.expr.programs", "Programs": "jaxsr.expr.programs",
-    "compile_programs": "jaxsr.expr.programs", "evaluate_programs": "jaxsr.expr.programs",
+    "ProgramSize": "jaxsr.expr.compiler", "Programs": "jaxsr.expr.compiler",
+    "compile_programs": "jaxsr.expr.compiler", "evaluate_programs": "jaxsr.expr.interpreter",
     "Generator": "jaxsr.data", "GeneratorConfig": "jaxsr.data", "batches": "jaxsr.data",
     "refine_constants": "jaxsr.refine", "RefineResult": "jaxsr.refine",
     "E2EModel": "jaxsr.model", "ModelConfig": "jaxsr.model", "get_config": "jaxsr.model",

@@ -7,8 +7,9 @@ import pytest
 
 from helpers import well_conditioned
 
-from jaxsr.expr import programs as programs_module
-from jaxsr.expr.programs import ProgramSize, compile_programs, evaluate_programs
+from jaxsr.expr import interpreter
+from jaxsr.expr.compiler import ProgramSize, assemble, compile_programs
+from jaxsr.expr.interpreter import evaluate_programs, evaluate_taps
 from jaxsr.expr.random_trees import random_expr
 from jaxsr.expr.tree import Expr, parse_prefix
 
@@ -79,10 +80,10 @@ def test_nan_in_one_program_leaves_the_others_bit_identical():
 def test_one_compile_serves_every_mix_of_the_same_padded_size():
     X = points(6).astype(np.float32)
     evaluate_programs(compile_programs(random_batch(7), SIZE), X)
-    before = programs_module._evaluate_jit._cache_size()
+    before = interpreter._evaluate_jit._cache_size()
     for seed in (8, 9, 10):
         evaluate_programs(compile_programs(random_batch(seed), SIZE), X)
-    assert programs_module._evaluate_jit._cache_size() == before
+    assert interpreter._evaluate_jit._cache_size() == before
 
 
 def test_gradients_match_finite_differences():
@@ -174,6 +175,15 @@ def test_clear_errors():
         compile_programs([])
 
 
+def test_gradient_with_respect_to_X_sums_every_read_of_a_row():
+    # x_0 read twice in one program, x_1 as a whole program and twice more in another.
+    progs = compile_programs([parse_prefix(p) for p in ("mul x_0 x_0", "x_1", "add x_1 sin x_1")])
+    X = jnp.array([[1.5, 0.5], [-2.0, 1.0], [0.25, -3.0]])
+    grad = jax.grad(lambda x: evaluate_programs(progs, x).sum())(X)
+    expected = jnp.stack([2 * X[:, 0], 2 + jnp.cos(X[:, 1])], axis=1)
+    np.testing.assert_allclose(grad, expected, rtol=1e-6)
+
+
 def test_point_blocks_give_the_same_values_and_gradients(monkeypatch):
     # A tiny block budget forces the blocked forward and the rematerialising backward.
     exprs = random_batch(15, unary=("exp", "sin", "sqrt", "log", "inv"), leaf_probs=(0.5, 0.5, 0.0))
@@ -183,25 +193,28 @@ def test_point_blocks_give_the_same_values_and_gradients(monkeypatch):
 
     def value_and_grad():
         jax.clear_caches()
-        loss = lambda c: jnp.sum(jnp.where(keep[:, None], jnp.tanh(evaluate_programs(progs, X, c)), 0))
+        loss = lambda c, x: jnp.sum(jnp.where(keep[:, None], jnp.tanh(evaluate_programs(progs, x, c)), 0))
         values = evaluate_programs(progs, X)
-        return np.asarray(values), np.asarray(jax.grad(loss)(jnp.asarray(progs.constants, jnp.float32)))
+        grads = jax.grad(loss, argnums=(0, 1))(jnp.asarray(progs.constants, jnp.float32), X)
+        return np.asarray(values), *(np.asarray(g) for g in grads)
 
     whole = value_and_grad()
-    monkeypatch.setattr(programs_module, "BLOCK_BYTES", 4096)
-    assert programs_module._block_points(progs, jnp.zeros((3, 37)), buffers=1) < 37 / 3
+    monkeypatch.setattr(interpreter, "BLOCK_BYTES", 4096)
+    x_rows = jnp.zeros((3, 37))
+    assert interpreter.forward_block_points(progs, x_rows) < 37 / 3
+    assert interpreter.sweep_block_points(progs, x_rows) < 37 / 3
     blocked = value_and_grad()
     np.testing.assert_array_equal(blocked[0], whole[0])
     np.testing.assert_allclose(blocked[1], whole[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(blocked[2], whole[2], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("block_bytes", [None, 4096])  # 4096: points run in blocks
 def test_taps_read_subtree_values_from_the_same_pass(block_bytes, monkeypatch):
-    from jaxsr.expr.programs import assemble, evaluate_taps
     from jaxsr.search.population import Genomes, Structure, to_nodes
 
     if block_bytes:
-        monkeypatch.setattr(programs_module, "BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(interpreter, "BLOCK_BYTES", block_bytes)
 
     exprs = [Expr.from_sympy(f, ["x", "y"]) for f in ("sin(x)*y + exp(y)", "x - 2.5*y")]
     genomes, _ = Genomes.from_exprs(exprs, 16)

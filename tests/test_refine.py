@@ -186,3 +186,32 @@ def test_two_devices_give_the_same_results_as_one():
     np.testing.assert_array_equal(np.array(two["loss"]), one.loss)
     for a, b in zip(two["constants"], one.constants):
         np.testing.assert_array_equal(np.array(a), b)
+
+
+@pytest.mark.parametrize("block_bytes", [None, 4096])  # 4096: points run in blocks
+def test_fused_loss_and_gradients_match_autodiff_of_the_evaluated_loss(block_bytes, monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxsr.expr import compile_programs, interpreter
+    from jaxsr.refine.objective import CandidateBatch
+
+    if block_bytes:
+        monkeypatch.setattr(interpreter, "BLOCK_BYTES", block_bytes)
+    exprs, Y = _random_problems(8, seed=3)
+    programs = compile_programs(exprs)
+    weight = np.r_[np.zeros(7), np.ones(len(X) - 7)]  # some points unused
+    n = 60 if block_bytes is None else 59  # another shape: a fresh compilation
+    with jax.enable_x64(True):
+        problem = CandidateBatch(programs, jnp.asarray(np.stack([X[:n]] * 8)),
+                                 jnp.asarray(Y[:, :n]),
+                                 jnp.asarray(np.stack([weight[:n] / weight[:n].sum()] * 8)),
+                                 jnp.arange(8, dtype=jnp.int32), jnp.asarray(1 / Y.var(axis=1)))
+        consts = jnp.asarray(programs.constants)
+        assert block_bytes is None or interpreter.sweep_block_points(
+            programs, interpreter.point_rows(problem.X)) < n
+        losses, grads = problem.losses_and_grads(consts)
+        np.testing.assert_allclose(losses, problem.losses(consts), rtol=1e-12)
+        expected = jax.grad(lambda c: problem.losses(c).sum())(consts)
+        np.testing.assert_allclose(grads, expected, rtol=1e-9, atol=1e-12)
+        assert np.all(np.asarray(grads)[~programs.constant_mask] == 0)

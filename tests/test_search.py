@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxsr.expr import Expr, compile_programs, evaluate_programs
-from jaxsr.expr.programs import assemble
+from jaxsr.expr.compiler import assemble
 from jaxsr.expr.random_trees import random_expr
 from jaxsr.search import SearchSettings, evolve
 from jaxsr.search import fitness, selection, variation

@@ -19,8 +19,8 @@ from jaxsr.expr.tokens import (
 )
 from jaxsr.expr.tree import Expr, InvalidExpression, parse_prefix
 
-_LAZY = {name: "jaxsr.expr.programs"
-         for name in ("ProgramSize", "Programs", "compile_programs", "evaluate_programs")}
+_LAZY = {"ProgramSize": "jaxsr.expr.compiler", "Programs": "jaxsr.expr.compiler",
+         "compile_programs": "jaxsr.expr.compiler", "evaluate_programs": "jaxsr.expr.interpreter"}
 
 
 def __getattr__(name):

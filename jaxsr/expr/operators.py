@@ -191,7 +191,7 @@ OPERATORS: tuple[Operator, ...] = (
 BY_NAME: dict[str, Operator] = {op.name: op for op in OPERATORS}
 
 # Operators proper (arity >= 1), in table order; their index is the opcode of the batched
-# JAX interpreter (programs.py).
+# JAX interpreter (interpreter.py).
 FUNCTIONS: tuple[Operator, ...] = tuple(op for op in OPERATORS if op.arity > 0)
 OPCODE: dict[str, int] = {op.name: i for i, op in enumerate(FUNCTIONS)}
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import parallel
-from jaxsr.expr.programs import ProgramSize, compile_programs
+from jaxsr.expr.compiler import ProgramSize, compile_programs
 from jaxsr.expr.tree import Expr, parse_prefix
 from jaxsr.refine import batched, solvers
 from jaxsr.refine.objective import CandidateBatch

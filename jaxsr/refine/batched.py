@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxsr.expr.programs import pairwise_sum
+from jaxsr.expr.interpreter import pairwise_sum
 from jaxsr.refine.solvers import Outcome, Settings, _finished, norm
 
 ARMIJO = 1e-4

@@ -23,12 +23,9 @@ import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 from jax.tree_util import register_pytree_node_class
 
-from jaxsr.expr.programs import (
-    Programs,
-    evaluate_programs,
-    loss_and_constant_grads,
-    pairwise_sum,
-)
+from jaxsr.expr.compiler import Programs
+from jaxsr.expr.interpreter import evaluate_programs, pairwise_sum
+from jaxsr.refine.loss import loss_and_constant_grads
 
 INACTIVE_VALUE = -1e30  # finite: a line search compares it without producing NaN
 

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.optimize
 
 from jaxsr.expr import operators
-from jaxsr.expr.programs import KIND_CONST, KIND_FIXED, KIND_OP, KIND_VAR, _template
+from jaxsr.expr.compiler import KIND_CONST, KIND_FIXED, KIND_OP, KIND_VAR, _template
 from jaxsr.expr.tree import Expr
 
 

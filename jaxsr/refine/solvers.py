@@ -20,7 +20,7 @@ import optax
 import optax.tree_utils as otu
 from jax import lax
 
-from jaxsr.expr.programs import pairwise_sum
+from jaxsr.expr.interpreter import pairwise_sum
 from jaxsr.refine.objective import lane_loss
 
 

@@ -31,7 +31,8 @@ import numpy as np
 
 from jaxsr import decode
 from jaxsr.expr import Expr
-from jaxsr.expr.programs import compile_programs, evaluate_programs
+from jaxsr.expr.compiler import compile_programs
+from jaxsr.expr.interpreter import evaluate_programs
 from jaxsr.expr.tokens import encode_point_sets
 from jaxsr.refine import refine_constants
 from jaxsr.regressor.inputs import Problem

@@ -32,7 +32,7 @@ from jaxsr.checks import check_int
 from jaxsr.data import trees
 from jaxsr.data.config import GeneratorConfig
 from jaxsr.expr import operators
-from jaxsr.expr.programs import KIND_CONST, ProgramSize
+from jaxsr.expr.compiler import KIND_CONST, ProgramSize
 from jaxsr.expr.tree import Expr
 from jaxsr.refine import refine_constants
 from jaxsr.search import fitness, selection, variation

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.expr.programs import assemble, evaluate_taps
+from jaxsr.expr.compiler import assemble
+from jaxsr.expr.interpreter import evaluate_taps
 from jaxsr.search.population import Genomes, Structure, Terms, program_size, to_nodes
 from jaxsr.shapes import next_power_of_two
 

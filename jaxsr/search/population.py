@@ -3,7 +3,7 @@
 A population of P formulas is three ``(P, L)`` arrays in prefix order (the order of the
 model's tokens) plus a length per row:
 
-* ``kind``: ``programs.KIND_*`` of each node, ``PAD`` past the row's length;
+* ``kind``: ``compiler.KIND_*`` of each node, ``PAD`` past the row's length;
 * ``arg``: a variable's index or an operator's opcode (``operators.FUNCTIONS`` order);
 * ``value``: a float constant's value, or a fixed leaf's (integers, ``pi``).
 
@@ -12,7 +12,7 @@ mutation, hoist, inserting or removing a unary) is "replace slice [i, e) of a ro
 of another row": one vectorised gather for the whole population (``variation.splice``), with
 no tree objects on the host. ``Structure`` gives every node's subtree end and height in
 ``L`` vectorised steps, and ``to_nodes`` hands the rows to the batched interpreter
-(``programs.assemble``) directly.
+(``compiler.assemble``) directly.
 
 ``Expr`` trees appear only at the edges: seeds come in as trees, and the few formulas that
 go through L-BFGS or into the final front go out as trees.
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxsr.expr import operators
-from jaxsr.expr.programs import (
+from jaxsr.expr.compiler import (
     KIND_CONST,
     KIND_FIXED,
     KIND_OP,
@@ -197,7 +197,7 @@ def program_size(genomes: Genomes) -> ProgramSize:
 
 
 def to_nodes(genomes: Genomes, structure: Structure) -> Nodes:
-    """The rows as the interpreter's flat node arrays (``programs.Nodes``)."""
+    """The rows as the interpreter's flat node arrays (``compiler.Nodes``)."""
     P, L = genomes.kind.shape
     valid = np.arange(L) < genomes.length[:, None]
     offset = np.cumsum(genomes.length) - genomes.length          # global index of each root

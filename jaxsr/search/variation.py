@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from jaxsr.expr import operators
-from jaxsr.expr.programs import KIND_CONST, KIND_FIXED, KIND_OP, KIND_VAR
+from jaxsr.expr.compiler import KIND_CONST, KIND_FIXED, KIND_OP, KIND_VAR
 from jaxsr.search.population import OP_ARITY, PAD, Genomes, Structure
 
 # The variation operators, in the order of ``Rates`` fields.

@@ -1,0 +1,381 @@
+"""Compiling expression trees into tables for the batched interpreter (host-side numpy work).
+
+``compile_programs(exprs)`` flattens B trees into one ``Programs`` batch; the search builds
+the same ``Nodes`` from its array-form populations and calls ``assemble`` directly.
+``jaxsr.expr.interpreter`` evaluates the batch.
+
+Layout of the value buffer the tables index:
+
+* it starts with the rows of X (one row per dataset and variable), so a variable operand is
+  just a row index and variables are never copied;
+* float constants and fixed numbers (integers, ``pi``) are *scalar operands*, read from the
+  constants array at the point of use, so they take no rows either;
+* then come the operator rows: every operator node of every program, sorted here by
+  (height, opcode), where height is the longest path down to a leaf. All nodes of one height
+  depend only on lower heights, and within a height the nodes of one operator are contiguous.
+
+The sorted operator rows are cut into fixed-size *chunks* of ``chunk`` rows, each holding a
+single operator, so any new mix of skeletons with the same padded size has tables of the
+same shapes and reuses the compiled interpreter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.tree_util import register_pytree_node_class
+
+from jaxsr.expr import operators
+from jaxsr.expr.tree import Expr
+
+MAX_CHUNK = 128
+
+
+def default_chunk(n_node_slots: int) -> int:
+    """Chunk rows for a batch: large enough to amortise the loop, small enough that the
+    partial chunk ending each (height, operator) group (~64 groups in a diverse batch)
+    wastes little. A power of two in [8, MAX_CHUNK]."""
+    target = max(n_node_slots // 64, 8)
+    return int(min(MAX_CHUNK, 1 << (target.bit_length() - 1)))
+
+# Node kinds of the flat node arrays (``Nodes``).
+KIND_VAR, KIND_CONST, KIND_FIXED, KIND_OP = range(4)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramSize:
+    """Padded capacity of a batch; one compiled evaluator serves each (B, size, chunk).
+
+    ``ops`` is the operator-node capacity per program *on average* (the batch holds
+    ``B * ops`` nodes in all; a single program may hold more), ``constants`` the most float
+    constants in one program, and ``depth`` the greatest height of a program (it bounds how
+    many (height, operator) groups the batch can have).
+    """
+
+    ops: int
+    constants: int
+    depth: int
+
+    @staticmethod
+    def fitting(exprs: Sequence[Expr], multiple: int = 4) -> ProgramSize:
+        """The smallest size holding ``exprs``, each field rounded up to ``multiple``."""
+        templates = [_template(e) for e in exprs]
+        up = lambda n: max(multiple, -(-int(n) // multiple) * multiple)
+        return ProgramSize(
+            ops=up(np.ceil(sum(t.n_ops for t in templates) / max(len(templates), 1))),
+            constants=up(max((t.n_consts for t in templates), default=0)),
+            depth=up(max((int(t.height.max(initial=0)) for t in templates), default=0)),
+        )
+
+    def check(self, templates) -> None:
+        total_ops = sum(t.n_ops for t in templates)
+        if total_ops > len(templates) * self.ops:
+            raise ValueError(f"{len(templates)} expressions hold {total_ops} operator nodes; "
+                             f"{self} holds {len(templates) * self.ops}")
+        for i, t in enumerate(templates):
+            if t.n_consts > self.constants or t.height.max(initial=0) > self.depth:
+                raise ValueError(f"expression {i} ({t.n_consts} constants, depth "
+                                 f"{t.height.max(initial=0)}) does not fit {self}")
+
+
+@register_pytree_node_class
+@dataclasses.dataclass
+class Operands:
+    """Where the values of a list of operands come from (any leading shape).
+
+    An operand is an operator node (``node`` >= 0), a variable (``var`` >= 0) of its program's
+    dataset, a float constant (``const`` >= 0, a flat slot ``program * K + k``), or else the
+    fixed number ``value``.
+    """
+
+    node: np.ndarray
+    var: np.ndarray
+    const: np.ndarray
+    value: np.ndarray
+    program: np.ndarray
+
+    def tree_flatten(self):
+        return (self.node, self.var, self.const, self.value, self.program), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+@register_pytree_node_class
+@dataclasses.dataclass
+class Programs:
+    """B expressions compiled for the batched interpreter (see ``jaxsr.expr.interpreter``)."""
+
+    operands: Operands        # (RB + chunk, 2): both operands of each sorted operator node
+    roots: Operands           # (B,): each program's value
+    chunk_start: np.ndarray   # (n_chunk_slots,) first operator node of each chunk
+    chunk_count: np.ndarray   # (n_chunk_slots,) nodes in the chunk (<= chunk)
+    chunk_opcode: np.ndarray  # (n_chunk_slots,) index into operators.FUNCTIONS
+    n_chunks: np.ndarray      # () chunks in use
+    parent: np.ndarray        # (RB + chunk,) cotangent row of each node (see CotangentRows)
+    const_position: np.ndarray  # (B * K,) cotangent row of each constant slot
+    constants: np.ndarray     # (B, K) float64, prefix order
+    constant_mask: np.ndarray # (B, K) bool, slots in use
+    n_variables: np.ndarray   # () 1 + the largest variable index used (0 if none)
+    taps: Operands | None = None  # extra nodes whose values ``evaluate_taps`` reads
+    size: ProgramSize = ProgramSize(4, 4, 4)
+    chunk: int = MAX_CHUNK
+
+    _ARRAYS = ("operands", "roots", "chunk_start", "chunk_count", "chunk_opcode", "n_chunks",
+               "parent", "const_position", "constants", "constant_mask", "n_variables", "taps")
+
+    def tree_flatten(self):
+        return tuple(getattr(self, k) for k in self._ARRAYS), (self.size, self.chunk)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children, size=aux[0], chunk=aux[1])
+
+    @property
+    def n_programs(self) -> int:
+        return self.roots.node.shape[0]
+
+    @property
+    def n_node_rows(self) -> int:
+        """Rows for operator nodes, including one chunk of slack at the end."""
+        return self.operands.node.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Template:
+    """One expression's nodes in postorder, as arrays (cached per expression)."""
+
+    kind: np.ndarray      # KIND_*
+    arg: np.ndarray       # variable index / constant ordinal / opcode
+    fixed: np.ndarray     # value of fixed leaves
+    children: np.ndarray  # (n, 2) local child indices, -1 where absent
+    height: np.ndarray
+    n_ops: int
+    n_consts: int
+    constants: np.ndarray
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _template(expr: Expr) -> _Template:
+    nodes = expr.postorder
+    n = len(nodes)
+    kind, arg = np.zeros(n, np.int8), np.zeros(n, np.int32)
+    fixed, height = np.zeros(n), np.zeros(n, np.int32)
+    children = np.full((n, 2), -1, np.int32)
+    index = {}
+    n_consts = 0
+    for i, node in enumerate(nodes):
+        index[id(node)] = i
+        if node.is_constant:
+            kind[i], arg[i] = KIND_CONST, n_consts
+            n_consts += 1
+        elif node.variable is not None:
+            kind[i], arg[i] = KIND_VAR, node.variable
+        elif node.operator.arity == 0:
+            kind[i], fixed[i] = KIND_FIXED, node.operator.value
+        else:
+            kind[i], arg[i] = KIND_OP, operators.OPCODE[node.token]
+            kids = [index[id(c)] for c in node.children]
+            children[i, : len(kids)] = kids
+            height[i] = 1 + max(height[k] for k in kids)
+    return _Template(kind, arg, fixed, children, height, int(np.sum(kind == KIND_OP)),
+                     n_consts, expr.constants())
+
+
+def compile_programs(
+    exprs: Sequence[Expr], size: ProgramSize | None = None, chunk: int | None = None
+) -> Programs:
+    """Compiles expression trees into one ``Programs`` batch (host-side numpy work).
+
+    Args:
+      exprs: the trees; any mix of shapes.
+      size: padded per-program capacity; default ``ProgramSize.fitting(exprs)``. Batches with
+        equal ``(len(exprs), size, chunk)`` share one compiled evaluator.
+      chunk: rows per interpreter step; default ``default_chunk(len(exprs) * size.ops)``.
+        Larger amortises loop overhead, smaller wastes less on the partial chunk that ends
+        each (height, operator) group.
+    """
+    exprs = list(exprs)
+    if not exprs:
+        raise ValueError("compile_programs needs at least one expression")
+    size = size or ProgramSize.fitting(exprs)
+    templates = [_template(e) for e in exprs]
+    size.check(templates)
+    return assemble(Nodes.concatenate(templates), size, chunk)
+
+
+@dataclasses.dataclass(frozen=True)
+class Nodes:
+    """The nodes of B programs, flat: what ``assemble`` turns into a ``Programs`` batch.
+
+    Node order within a program is free (the interpreter sorts operator nodes itself), so
+    trees (postorder templates) and the search's array-form populations (prefix order) both
+    build one of these without going through each other.
+
+    Attributes:
+      kind: (n,) KIND_* of each node.
+      arg: (n,) variable index, constant ordinal within its program (in prefix order of the
+        leaves) or opcode.
+      fixed: (n,) value of fixed leaves (0 elsewhere).
+      children: (n, 2) global indices of the operands, -1 where absent.
+      height: (n,) longest path down to a leaf.
+      program: (n,) the program each node belongs to.
+      root: (B,) global index of each program's root.
+      constants: (B, K') float constants of each program in prefix order, zero-padded.
+      n_constants: (B,) constants in use per program.
+    """
+
+    kind: np.ndarray
+    arg: np.ndarray
+    fixed: np.ndarray
+    children: np.ndarray
+    height: np.ndarray
+    program: np.ndarray
+    root: np.ndarray
+    constants: np.ndarray
+    n_constants: np.ndarray
+
+    @staticmethod
+    def concatenate(templates: Sequence[_Template]) -> Nodes:
+        cat = lambda field: np.concatenate([getattr(t, field) for t in templates])
+        lengths = np.array([len(t.kind) for t in templates])
+        offset = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        n_constants = np.array([t.n_consts for t in templates])
+        constants = np.zeros((len(templates), max(1, n_constants.max(initial=0))))
+        for p, t in enumerate(templates):
+            constants[p, : t.n_consts] = t.constants
+        return Nodes(
+            kind=cat("kind"), arg=cat("arg"), fixed=cat("fixed"),
+            children=np.where(cat("children") >= 0, cat("children") + offset[:, None], -1),
+            height=cat("height"),
+            program=np.repeat(np.arange(len(templates)), lengths).astype(np.int32),
+            root=np.cumsum(lengths) - 1, constants=constants, n_constants=n_constants)
+
+
+def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None,
+             taps: np.ndarray | None = None) -> Programs:
+    """The interpreter's tables for ``nodes`` (host-side numpy work, no per-program loop).
+
+    The caller guarantees that the programs fit ``size`` (``ProgramSize.check``). ``taps``:
+    global node indices (any shape, -1 for "the number 0") whose values ``evaluate_taps``
+    returns besides the roots, read from the same forward pass.
+    """
+    B, K = len(nodes.root), size.constants
+    chunk = chunk or default_chunk(B * size.ops)
+    kind, arg, fixed, height, program = (nodes.kind, nodes.arg, nodes.fixed, nodes.height,
+                                         nodes.program)
+
+    # Operator nodes sorted by (height, opcode): chunks are homogeneous and in dependency order.
+    op_nodes = np.flatnonzero(kind == KIND_OP)
+    order = op_nodes[np.lexsort((arg[op_nodes], height[op_nodes]))]
+    node_index = np.full(len(kind), -1, np.int32)
+    node_index[order] = np.arange(len(order))
+
+    # Every node described as an operand; a missing child (unary) is the scalar 0.
+    as_operand = Operands(
+        node=np.append(node_index, -1),
+        var=np.append(np.where(kind == KIND_VAR, arg, -1), -1).astype(np.int32),
+        const=np.append(np.where(kind == KIND_CONST, program * K + arg, -1), -1).astype(np.int32),
+        value=np.append(np.where(kind == KIND_FIXED, fixed, 0.0), 0.0),
+        program=np.append(program, 0),
+    )
+    RB = B * size.ops
+    kids = nodes.children[order]
+    operands = jax.tree.map(
+        lambda a: _pad_rows(a[kids], RB + chunk, fill=0 if a is as_operand.value else -1),
+        as_operand)
+    operands.program = np.where(operands.program < 0, 0, operands.program).astype(np.int32)
+    roots = jax.tree.map(lambda a: a[nodes.root], as_operand)
+    tapped = None if taps is None else jax.tree.map(lambda a: a[taps], as_operand)
+
+    starts, counts, opcodes = _chunks(height[order], arg[order], chunk)
+    n_slots = -(-RB // chunk) + min(RB, size.depth * len(operators.FUNCTIONS))
+    pad = lambda a: np.pad(a, (0, n_slots - len(a))).astype(np.int32)
+
+    width = min(K, nodes.constants.shape[1])
+    constants = np.zeros((B, K))
+    constants[:, :width] = nodes.constants[:, :width]
+    mask = np.arange(K) < nodes.n_constants[:, None]
+    parent, const_position = _cotangent_rows(kind, arg, program, node_index, kids,
+                                             nodes.root, RB + chunk, K)
+    used = arg[kind == KIND_VAR]
+    # The interpreter's tables go to the device once; constants stay on the host in float64.
+    tables = jax.device_put((operands, roots, pad(starts), pad(counts), pad(opcodes),
+                             np.int32(len(starts)), parent, const_position))
+    return Programs(*tables, constants, mask, np.int32(used.max() + 1 if len(used) else 0),
+                    taps=jax.device_put(tapped), size=size, chunk=chunk)
+
+
+def _cotangent_rows(kind, arg, program, node_index, kids, root, n_node_rows: int, K: int):
+    """Where the reverse sweep finds each cotangent (``CotangentRows`` describes the rows).
+
+    Returns ``parent`` (n_node_rows,): the row holding each sorted operator node's
+    cotangent (its slot in its parent's operand rows, or its program's root row), and
+    ``const_position`` (B * K,): the row holding each constant's cotangent per point.
+    Every node and constant has exactly one parent, so these are gathers, not scatter-adds.
+    """
+    B = len(root)
+    rows = CotangentRows(n_node_rows, B)
+    # Row of every node (global postorder index) as an operand: parent slot or root row.
+    slot_of = np.full(len(kind), rows.zero, np.int64)
+    for k in range(2):
+        child = kids[:, k]
+        has = child >= 0
+        slot_of[child[has]] = 2 * np.flatnonzero(has) + k
+    slot_of[root] = rows.roots + np.arange(B)
+    is_op = kind == KIND_OP
+    parent = np.full(n_node_rows, rows.zero, np.int64)
+    parent[node_index[is_op]] = slot_of[is_op]
+    const_position = np.full(B * K, rows.zero, np.int64)
+    is_const = kind == KIND_CONST
+    const_position[program[is_const] * K + arg[is_const]] = slot_of[is_const]
+    return parent.astype(np.int32), const_position.astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class CotangentRows:
+    """Layout of the reverse sweep's cotangent buffer: rows ``2 s + k`` hold the cotangent of
+    operand k of sorted node s, then one row per program root, then a row that stays zero
+    (the cotangent of padding)."""
+
+    n_node_rows: int
+    n_programs: int
+
+    @property
+    def roots(self) -> int:
+        return 2 * self.n_node_rows
+
+    @property
+    def zero(self) -> int:
+        return self.roots + self.n_programs
+
+    @property
+    def total(self) -> int:
+        return self.zero + 1
+
+
+def _pad_rows(a: np.ndarray, rows: int, fill) -> np.ndarray:
+    out = np.full((rows, *a.shape[1:]), fill, a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+def _chunks(height: np.ndarray, opcode: np.ndarray, chunk: int):
+    """Chunk starts, counts and opcodes over sorted op nodes: one operator per chunk."""
+    n = len(height)
+    if n == 0:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, int)
+    boundary = np.r_[True, (np.diff(height) != 0) | (np.diff(opcode) != 0)]
+    group_start = np.flatnonzero(boundary)
+    group_end = np.r_[group_start[1:], n]
+    per_group = -(-(group_end - group_start) // chunk)
+    group = np.repeat(np.arange(len(group_start)), per_group)
+    within = np.arange(len(group)) - np.repeat(np.cumsum(per_group) - per_group, per_group)
+    starts = group_start[group] + within * chunk
+    counts = np.minimum(chunk, group_end[group] - starts)
+    return starts, counts, opcode[starts]
