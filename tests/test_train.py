@@ -310,57 +310,41 @@ def test_exported_weights_load_as_a_model(reference, tmp_path):
     assert chosen.decoding["beam_temperature"] == weights.decoding["beam_temperature"]
 
 
-def _event_class():
-    """The Event protobuf (the fields TensorBoard's scalars use), built with the protobuf
-    library: an independent decoder for the hand-written event files."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+def read_events(path: Path) -> list:
+    """The Event protos of a TFRecord file: (length, masked CRC32C of the length, payload,
+    masked CRC32C of the payload) records, each CRC checked."""
+    from tensorboardX.record_writer import masked_crc32c
+    from tensorboardX.proto.event_pb2 import Event
 
-    types = descriptor_pb2.FieldDescriptorProto
-    proto = descriptor_pb2.FileDescriptorProto(name="test_event.proto", package="test")
-    for name, fields in {
-        "Value": [("tag", 1, types.TYPE_STRING, None), ("simple_value", 2, types.TYPE_FLOAT, None)],
-        "Summary": [("value", 1, types.TYPE_MESSAGE, ".test.Value")],
-        "SessionLog": [("status", 1, types.TYPE_INT32, None)],
-        "Event": [("wall_time", 1, types.TYPE_DOUBLE, None), ("step", 2, types.TYPE_INT64, None),
-                  ("file_version", 3, types.TYPE_STRING, None),
-                  ("summary", 5, types.TYPE_MESSAGE, ".test.Summary"),
-                  ("session_log", 6, types.TYPE_MESSAGE, ".test.SessionLog")],
-    }.items():
-        message = proto.message_type.add(name=name)
-        for field, number, kind, type_name in fields:
-            label = types.LABEL_REPEATED if name == "Summary" else types.LABEL_OPTIONAL
-            message.field.add(name=field, number=number, type=kind, label=label,
-                              **({"type_name": type_name} if type_name else {}))
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("test.Event"))
-
-
-def test_tensorboard_events_decode_as_tfrecords_of_event_protos(reference):
-    from jaxsr.train.tensorboard import crc32c
-
-    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    workdir, rows = reference
-    (path,) = (workdir / "tensorboard").iterdir()
-    def masked_crc(chunk):
-        crc = crc32c(chunk)
-        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-    data, events, Event = path.read_bytes(), [], _event_class()
-    while data:  # TFRecords: length, CRC of the length, payload, CRC of the payload
+    data, events = path.read_bytes(), []
+    while data:
         length, length_crc = struct.unpack("<QI", data[:12])
         payload, (payload_crc,) = data[12:12 + length], struct.unpack(
             "<I", data[12 + length:16 + length])
-        assert (length_crc, payload_crc) == (masked_crc(data[:8]), masked_crc(payload))
+        assert (length_crc, payload_crc) == (masked_crc32c(data[:8]), masked_crc32c(payload))
         events.append(Event.FromString(payload))
         data = data[16 + length:]
+    return events
+
+
+def test_tensorboard_events_hold_every_logged_step_and_the_purge_marker(reference):
+    from tensorboardX.proto.event_pb2 import SessionLog
+
+    workdir, rows = reference
+    (path,) = (workdir / "tensorboard").iterdir()
+    events = read_events(path)
     assert events[0].file_version == "brain.Event:2"
-    assert (events[1].step, events[1].session_log.status) == (1, 1)  # purge from step 1 on
-    losses = {e.step: v.simple_value for e in events for v in e.summary.value
-              if v.tag == "train/loss"}
-    assert sorted(losses) == [row["step"] for row in rows]
+    starts = [e.step for e in events if e.session_log.status == SessionLog.START]
+    assert starts == [1]  # TensorBoard hides earlier files' events from step 1 on
+    scalars = {}
+    for e in events:
+        for v in e.summary.value:
+            scalars.setdefault(v.tag, {})[e.step] = v.simple_value
+    assert {"train/loss", "train/lr", "train/grad_norm"} <= set(scalars)
+    assert sorted(scalars["train/loss"]) == [row["step"] for row in rows]
     for row in rows:
-        assert losses[row["step"]] == pytest.approx(row["loss"], rel=1e-6)
+        assert scalars["train/loss"][row["step"]] == pytest.approx(row["loss"], rel=1e-6)
+        assert scalars["train/lr"][row["step"]] == pytest.approx(row["lr"], rel=1e-6)
 
 
 def test_resuming_with_a_changed_trajectory_field_is_refused(reference):

@@ -6,7 +6,7 @@ Files in the workdir (written by the first host only):
 - ``train.csv``: ``step, loss, lr, grad_norm, samples, points, tokens, seconds`` for every
   step (floats written exactly, so two runs can be compared digit for digit);
 - ``validation.csv``: ``step`` and the validation metrics;
-- ``tensorboard/``: event files (``tensorboard.py``, no TensorFlow) with ``train/*``
+- ``tensorboard/``: event files (``tensorboard.py``: tensorboardX, no TensorFlow) with ``train/*``
   interval means, ``train/samples_per_second``, ``train/points_per_second`` and
   ``validation/*``.
 
