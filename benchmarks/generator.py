@@ -112,7 +112,7 @@ def time_reference(path: str, seconds: float) -> dict:
         max_output_dimension=1, enforce_dim=True, use_controller=True, float_precision=3,
         mantissa_len=1, max_exponent=100, max_exponent_prefactor=1, max_int=10,
         min_binary_ops_per_dim=0, max_binary_ops_per_dim=1, max_binary_ops_offset=4,
-        min_unary_ops=0, max_unary_ops=4, max_len=200, min_len_per_dim=5, max_centroids=10,
+        min_unary_ops=0, max_unary_ops=4, max_points=200, min_points_per_dim=5, max_centroids=10,
         prob_const=0.0, reduce_num_constants=True, prob_rand=0.0, max_trials=1)
     special = ["<EOS>", "<X>", "</X>", "<Y>", "</Y>", "</POINTS>", "<INPUT_PAD>",
                "<OUTPUT_PAD>", "<PAD>", "(", ")", "SPECIAL", "OOD_unary_op", "OOD_binary_op",

@@ -60,7 +60,7 @@ def validation_samples(seed: int, n_problems: int, *,
     """The first ``n_problems`` evaluation samples of the generator seeded ``seed`` (reference
     defaults unless ``generator_overrides`` narrows them; 200 fit points; 200 test points per
     sigma), one at a time (10,000 samples with all their test sets take over a gigabyte)."""
-    config = GeneratorConfig(**{**(generator_overrides or {}), "seed": seed, "max_len": 200,
+    config = GeneratorConfig(**{**(generator_overrides or {}), "seed": seed, "max_points": 200,
                                 "n_prediction_points": N_TEST_POINTS,
                                 "prediction_sigmas": tuple(sigmas)})
     generator = Generator(config)

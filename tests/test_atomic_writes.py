@@ -142,7 +142,7 @@ def test_experiment_tables_killed_while_being_written_keep_the_previous_ones(tmp
 # A small run: 4 steps of the tiny model on one-variable formulas, checkpoints at 2 and 4.
 SETUP = {
     "generator": {"max_input_dimension": 1, "max_unary_ops": 1, "max_binary_ops_offset": 2,
-                  "max_len": 20},
+                  "max_points": 20},
     "point_buckets": [20], "token_buckets": [40], "tokens_per_device": 160, "micro_batch": 4,
     "lr": 1e-3, "warmup_steps": 10, "workers": 0, "log_every": 1, "checkpoint_every": 2,
     "keep_checkpoints": 10, "validate_every": 0, "steps": 4,

@@ -161,7 +161,7 @@ def test_evaluation_samples_have_extrapolation_sets(gen):
     cfg = gen.config
     s = gen.sample(3, evaluation=True)
     _assert_valid(s)
-    assert s.x.shape[0] == cfg.max_len == 200
+    assert s.x.shape[0] == cfg.max_points == 200
     assert sorted(s.prediction) == sorted(cfg.prediction_sigmas) == [1, 2, 4, 8, 16, 32]
     for sigma, (x, y) in s.prediction.items():
         assert x.shape == (cfg.n_prediction_points, s.info.dimension)
@@ -279,7 +279,7 @@ def test_use_abs_and_max_trials():
     (dict(binary_operators={"add": -1.0}), "binary_operators"),
     (dict(binary_operators={"add": 0.0}), "binary_operators"),
     (dict(required_operators=("nope",)), "required_operators"),
-    (dict(max_len=0), "max_len"),
+    (dict(max_points=0), "max_points"),
     (dict(max_centroids=1), "max_centroids"),
     (dict(max_abs_y=1e200), "max_abs_y"),
     (dict(max_int=11), "max_int"),
@@ -314,6 +314,14 @@ def test_defaults_are_the_reference_ones():
     assert weights["tan"] == weights["arctan"] == 0.2 and weights["arcsin"] == 0
     assert sum(weights.values()) == pytest.approx(17.4)
     assert cfg.constant_exponents == (-3, -1)
-    assert (cfg.min_len_per_dim, cfg.max_len, cfg.max_centroids) == (5, 200, 10)
+    assert (cfg.min_points_per_dim, cfg.max_points, cfg.max_centroids) == (5, 200, 10)
     assert cfg.max_abs_y == 1e103 and cfg.max_trials == 1 and cfg.train_noise_gamma == 0
     assert cfg.reduce_num_constants and cfg.enforce_dim and not cfg.allow_underflow
+
+
+def test_saved_configs_with_the_earlier_point_count_names_still_load():
+    saved = {"max_len": 30, "min_len_per_dim": 2, "max_input_dimension": 2}
+    assert GeneratorConfig.from_dict(saved) == GeneratorConfig(
+        max_points=30, min_points_per_dim=2, max_input_dimension=2)
+    with pytest.raises(ValueError, match="'max_len' is the earlier name of 'max_points'"):
+        GeneratorConfig.from_dict({"max_len": 30, "max_points": 40})

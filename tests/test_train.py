@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_SETUP = {
     "base": "tiny",
     "generator": {"max_input_dimension": 1, "max_unary_ops": 1, "max_binary_ops_offset": 2,
-                  "max_len": 20},
+                  "max_points": 20},
     "point_buckets": [20], "token_buckets": [40], "tokens_per_device": 160, "micro_batch": 4,
     "lr": 1e-3, "warmup_steps": 10, "workers": 0, "log_every": 10,
     "checkpoint_every": 4, "keep_checkpoints": 10, "validate_every": 0,
@@ -185,7 +185,7 @@ def test_schedule_is_the_reference_warmup_then_inverse_sqrt():
 def test_loss_is_the_mean_over_target_tokens_and_ignores_padding():
     config = get_config("tiny")
     model, params = E2EModel(config), init_params(config, seed=0)
-    stream = batches(Generator(GeneratorConfig(seed=3, max_input_dimension=1, max_len=20)),
+    stream = batches(Generator(GeneratorConfig(seed=3, max_input_dimension=1, max_points=20)),
                      tokens_per_batch=80, point_buckets=(20,), workers=0)
     batch = StepBatch.from_data(next(stream))
 
@@ -224,7 +224,8 @@ def test_loss_is_the_mean_over_target_tokens_and_ignores_padding():
     ("dtype=float64", "TrainConfig.dtype: must be one of"),
     ("model.dtype=bfloat16", "set the compute dtype with TrainConfig.dtype"),
     ("model.decoder_layers=0", "TrainConfig.model_overrides: .*decoder_layers"),
-    ("generator.max_len=0", "TrainConfig.generator: .*max_len"),
+    ("generator.max_points=0", "TrainConfig.generator: .*max_points"),
+    ("generator.max_len=0", "TrainConfig.generator: .*max_points"),  # the earlier name
     ("point_buckets=[]", "TrainConfig.point_buckets"),
     ("steps=1.5", "TrainConfig.steps: must be an int >= 0"),
     ("learning_rate=1e-3", "unknown TrainConfig fields: \\['learning_rate'\\]"),
@@ -241,9 +242,13 @@ def test_configs_load_from_recipes_json_files_and_overrides(tmp_path, setup_file
     assert config.model == "tiny" and config.lr == 4e-4 and config.tokens_per_device == 160
     assert config.model_config().decoder_layers == 3
     generator = config.generator_config()
-    assert (generator.seed, generator.max_len, generator.max_input_dimension) == (7, 20, 1)
+    assert (generator.seed, generator.max_points, generator.max_input_dimension) == (7, 20, 1)
     assert load_config(setup_file).generator_config().seed == 0  # the run's seed by default
     assert TrainConfig.from_dict(config.to_dict()) == config
+    saved_earlier = {**config.to_dict(), "generator": {  # a config.json written before the
+        **config.generator, "max_len": config.generator["max_points"]}}  # rename
+    del saved_earlier["generator"]["max_points"]
+    assert TrainConfig.from_dict(saved_earlier) == config
     bf16 = load_config("tiny", ["dtype=bfloat16"])
     assert bf16.model_config().compute_dtype == jnp.bfloat16  # compute only: params float32
     for path in sorted((ROOT / "configs").glob("*.json")):

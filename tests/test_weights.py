@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from jaxsr import cli
+from jaxsr.data import GeneratorConfig
 from jaxsr.model import E2EModel, flatten_params, get_config, init_params, param_counts
 from jaxsr.weights import (
     CheckpointError,
@@ -360,5 +361,6 @@ def test_the_shipped_default_model_loads_by_name_with_its_checksum():
     assert weights.metadata["source"]["step"] > 0
     assert count_params(weights.params) == 1_641_508
     # Its recorded bag size (what the regressor feeds it) is within what it was trained on.
-    trained_on = weights.metadata["source"]["train_config"]["generator"]["max_len"]
+    recorded = weights.metadata["source"]["train_config"]["generator"]
+    trained_on = GeneratorConfig.from_dict(recorded).max_points  # recorded as "max_len"
     assert 1 <= weights.decoding["max_input_points"] <= trained_on

@@ -122,9 +122,9 @@ class BucketPlan:
                        for t in self.token_buckets})
 
 
-def default_point_buckets(max_len: int, count: int = 8) -> tuple[int, ...]:
-    """``count`` evenly spaced point buckets up to max_len (25, 50, ..., 200 by default)."""
-    return tuple(sorted({max(1, -(-max_len * k // count)) for k in range(1, count + 1)}))
+def default_point_buckets(max_points: int, count: int = 8) -> tuple[int, ...]:
+    """``count`` evenly spaced point buckets up to max_points (25, 50, ..., 200 by default)."""
+    return tuple(sorted({max(1, -(-max_points * k // count)) for k in range(1, count + 1)}))
 
 
 def default_token_buckets(config: GeneratorConfig, step: int = 32) -> tuple[int, ...]:
@@ -157,7 +157,7 @@ def batches(generator: Generator | GeneratorConfig | None = None, *,
         For the reference's per-GPU batches with L local devices, pass 10_000 * L and
         ``batch_multiple=L``.
       point_buckets, token_buckets: padded N and target lengths (defaults: 8 point buckets
-        up to max_len; multiples of 32 covering the longest possible target).
+        up to max_points; multiples of 32 covering the longest possible target).
       batch_multiple: the rows of every batch are a multiple of this (e.g. local devices).
       state: a ``Batch.state`` (or its ``to_dict()``) to resume after that batch.
       workers: generator processes; 0 generates in this process (default: cores - 1).
@@ -335,14 +335,14 @@ def _target_bound_table(config: GeneratorConfig) -> np.ndarray:
 
 def _make_plan(cfg: GeneratorConfig, tokens_per_batch: int, batch_multiple: int,
                point_buckets, token_buckets) -> BucketPlan:
-    points = tuple(sorted(set(point_buckets or default_point_buckets(cfg.max_len))))
+    points = tuple(sorted(set(point_buckets or default_point_buckets(cfg.max_points))))
     targets = tuple(sorted(set(token_buckets or default_token_buckets(cfg))))
     for name, buckets in (("point_buckets", points), ("token_buckets", targets)):
         if not all(isinstance(b, (int, np.integer)) and b > 0 for b in buckets):
             raise ValueError(f"{name} must be positive ints, got {buckets}")
-    if points[-1] < cfg.max_len:
+    if points[-1] < cfg.max_points:
         raise ValueError(f"point_buckets: the largest bucket {points[-1]} is below "
-                         f"max_len={cfg.max_len}")
+                         f"max_points={cfg.max_points}")
     longest = int(_target_bound_table(cfg).max())
     if targets[-1] < longest:
         raise ValueError(f"token_buckets: the largest bucket {targets[-1]} is below the "

@@ -30,6 +30,20 @@ REFERENCE_BINARY_WEIGHTS: tuple[tuple[str, float], ...] = (
 _VOCAB_MAX_INT = 10
 
 
+# Earlier names of the point-count fields. Configs written before the rename (a training
+# workdir's config.json, the shipped model's recorded training config) still use them.
+RENAMED_FIELDS = {"max_len": "max_points", "min_len_per_dim": "min_points_per_dim"}
+
+
+def with_current_names(values: Mapping) -> dict:
+    """GeneratorConfig field values with each earlier field name replaced by its current one."""
+    both = [old for old, new in RENAMED_FIELDS.items() if old in values and new in values]
+    if both:
+        raise ValueError(f"{both[0]!r} is the earlier name of {RENAMED_FIELDS[both[0]]!r}: "
+                         "give one of them")
+    return {RENAMED_FIELDS.get(key, key): value for key, value in values.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
     """Knobs of the training-data generator; the defaults are the reference's.
@@ -58,8 +72,9 @@ class GeneratorConfig:
       operators_to_not_repeat: reject trees using any of these more than once (reference: off).
 
     Points (docs/reference.md 2.2):
-      min_len_per_dim, max_len: training N ~ U{min(min_len_per_dim*d, max_len) .. max_len};
-        evaluation samples use N = max_len.
+      min_points_per_dim, max_points: training N ~ U{min(min_points_per_dim*d, max_points) ..
+        max_points}; evaluation samples use N = max_points (the reference's min_len_per_dim
+        and max_len; renamed here because max_len counts decoded tokens everywhere else).
       max_centroids: mixtures have U{1 .. max_centroids - 1} components.
       use_abs: evaluate log and sqrt on |x| (reference: off).
       max_abs_y: points with |y| >= max_abs_y (or NaN, inf) are invalid.
@@ -101,8 +116,8 @@ class GeneratorConfig:
     required_operators: tuple[str, ...] = ()
     operators_to_not_repeat: tuple[str, ...] = ()
     # points
-    min_len_per_dim: int = 5
-    max_len: int = 200
+    min_points_per_dim: int = 5
+    max_points: int = 200
     max_centroids: int = 10
     use_abs: bool = False
     max_abs_y: float = tokens.MAX_ABS_VALUE
@@ -116,6 +131,11 @@ class GeneratorConfig:
     # deviations, off by default
     allow_underflow: bool = False
     max_attempts: int = 100_000
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> GeneratorConfig:
+        """A config from saved field values, earlier field names accepted."""
+        return cls(**with_current_names(values))
 
     def __post_init__(self):
         # Accept dicts and lists for the tuple fields, so configs read from JSON work.
@@ -141,7 +161,7 @@ class GeneratorConfig:
         return low, high
 
     def min_points(self, dimension: int) -> int:
-        return min(self.min_len_per_dim * dimension, self.max_len)
+        return min(self.min_points_per_dim * dimension, self.max_points)
 
     @property
     def constant_exponents(self) -> tuple[int, int]:
@@ -237,8 +257,8 @@ def _validate(cfg: GeneratorConfig) -> None:
     _check_int(cfg, "max_exponent_prefactor", 0, 90)
     _check_operator_names(cfg, "required_operators")
     _check_operator_names(cfg, "operators_to_not_repeat")
-    _check_int(cfg, "min_len_per_dim", 1)
-    _check_int(cfg, "max_len", 1)
+    _check_int(cfg, "min_points_per_dim", 1)
+    _check_int(cfg, "max_points", 1)
     _check_int(cfg, "max_centroids", 2)
     largest = tokens.MAX_ABS_VALUE
     if not (isinstance(cfg.max_abs_y, (int, float)) and 0 < cfg.max_abs_y <= largest):

@@ -135,7 +135,7 @@ class Generator:
         dimension = _uniform_int(u[:, 0], cfg.min_input_dimension, cfg.max_input_dimension)
         budget = _uniform_int(u[:, 1], cfg.min_unary_ops, cfg.max_unary_ops)
         if evaluation:
-            n_points = np.full(indices.shape, cfg.max_len, dtype=np.int64)
+            n_points = np.full(indices.shape, cfg.max_points, dtype=np.int64)
         else:
             n_points = _n_points(cfg, dimension, u[:, 2])
         return Headers(dimension, budget, n_points)
@@ -143,7 +143,7 @@ class Generator:
     # ------------------------------------------------------------------ samples
     def sample(self, index: int, *, evaluation: bool = False) -> Sample:
         """The sample at ``index``: a training sample, or with ``evaluation=True`` an
-        evaluation sample (N = max_len fit points, extrapolation sets for every sigma in
+        evaluation sample (N = max_points fit points, extrapolation sets for every sigma in
         ``prediction_sigmas``, the evaluation noise). Same index, same sample, anywhere."""
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
             raise ValueError(f"index must be an int >= 0, got {index!r}")
@@ -164,10 +164,10 @@ class Generator:
                 continue
             root, n_binary, used_dimension = drawn
             if evaluation:
-                n_points = cfg.max_len
+                n_points = cfg.max_points
             else:
                 low = cfg.min_points(used_dimension)
-                n_points = _uniform_int_one(hashed[2], low, cfg.max_len)
+                n_points = _uniform_int_one(hashed[2], low, cfg.max_points)
             data = self._draw_data(rng, root, n_points, used_dimension, evaluation)
             if data is None:
                 rejected["generation_error"] += 1
@@ -326,9 +326,9 @@ def _numpy_functions(cfg: GeneratorConfig) -> dict:
 
 
 def _n_points(cfg: GeneratorConfig, dimension: np.ndarray, uniform: np.ndarray) -> np.ndarray:
-    """N ~ U{min(min_len_per_dim * d, max_len) .. max_len} from a uniform in [0, 1)."""
-    low = np.minimum(cfg.min_len_per_dim * np.asarray(dimension, np.int64), cfg.max_len)
-    return low + np.floor(uniform * (cfg.max_len - low + 1)).astype(np.int64)
+    """N ~ U{min(min_points_per_dim * d, max_points) .. max_points} from a uniform in [0, 1)."""
+    low = np.minimum(cfg.min_points_per_dim * np.asarray(dimension, np.int64), cfg.max_points)
+    return low + np.floor(uniform * (cfg.max_points - low + 1)).astype(np.int64)
 
 
 def _uniform_int(uniform, low: int, high: int):

@@ -22,7 +22,7 @@ from jaxsr.weights import UntrainedModelWarning, load_model
 from jaxsr.weights.format import FALLBACK_CONFIG, META_FILE, default_model_path
 
 # Points per training set of the reference's generator (its max_len, jaxsr's default).
-REFERENCE_MAX_POINTS = GeneratorConfig.max_len
+REFERENCE_MAX_POINTS = GeneratorConfig.max_points
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="FIELD=VALUE",
                         help="override a TrainConfig field (repeatable), e.g. --set lr=4e-4 "
                              "--set dtype=bfloat16 --set model.decoder_layers=8 "
-                             "--set generator.max_len=100")
+                             "--set generator.max_points=100")
     parser.add_argument("--distributed", action="store_true",
                         help="multi-host: call jax.distributed.initialize() first")
     parser.add_argument("--max-time", type=_seconds, default=None, metavar="SECONDS",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxsr.checks import int_problem
-from jaxsr.data.config import GeneratorConfig
+from jaxsr.data.config import GeneratorConfig, with_current_names
 from jaxsr.expr.tokens import DEFAULT_MAX_LEN
 from jaxsr.model.config import COMPUTE_DTYPES, CONFIGS, ModelConfig, get_config
 
@@ -97,7 +97,8 @@ class TrainConfig:
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "model_overrides", dict(self.model_overrides))
-        object.__setattr__(self, "generator", dict(self.generator))
+        # Earlier field names (a workdir's config.json from before the rename) read as now.
+        object.__setattr__(self, "generator", with_current_names(self.generator))
         object.__setattr__(self, "workdir", str(self.workdir))
         _validate(self)
 
@@ -106,7 +107,7 @@ class TrainConfig:
         return get_config(self.model, **self.model_overrides, dtype=self.dtype)
 
     def generator_config(self) -> GeneratorConfig:
-        return GeneratorConfig(**{"seed": self.seed, **self.generator})
+        return GeneratorConfig.from_dict({"seed": self.seed, **self.generator})
 
     # ------------------------------------------------------------------ conversions
     def to_dict(self) -> dict:
@@ -204,7 +205,7 @@ RECIPES: dict[str, TrainConfig] = {
     # A CPU smoke run: the tiny model on easy data (at most 2 variables and 2 unary
     # operators, up to 100 points), 6 compiled shapes, loss visibly falling in minutes.
     "tiny": TrainConfig(
-        model="tiny", generator={"max_input_dimension": 2, "max_unary_ops": 2, "max_len": 100},
+        model="tiny", generator={"max_input_dimension": 2, "max_unary_ops": 2, "max_points": 100},
         point_buckets=(25, 50, 100), tokens_per_device=2000, lr=1e-3, warmup_steps=200,
         steps=3000, checkpoint_every=500, log_every=50, validate_every=500,
         validation_size=64, validation_max_len=64),
@@ -246,7 +247,7 @@ def config_from_json(path: Path) -> TrainConfig:
 
 
 def apply_overrides(config: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
-    """``["lr=4e-4", "model.decoder_layers=8", "generator.max_len=100"]`` applied in order.
+    """``["lr=4e-4", "model.decoder_layers=8", "generator.max_points=100"]`` applied in order.
 
     Values are read as JSON (numbers, true/false, null, lists), else taken as strings.
     """
@@ -274,7 +275,8 @@ def _merge_into(values: dict, field: str, value: Any) -> None:
     if dot:
         if head not in _NESTED:
             raise ValueError(f"override {field!r}: only model.FIELD and generator.FIELD nest")
-        values[_NESTED[head]] = {**values[_NESTED[head]], rest: value}
+        added = with_current_names({rest: value}) if head == "generator" else {rest: value}
+        values[_NESTED[head]] = {**values[_NESTED[head]], **added}
     else:
         values[field] = value
 
@@ -282,7 +284,9 @@ def _merge_into(values: dict, field: str, value: Any) -> None:
 def _merge(base: dict, values: dict) -> dict:
     """``values`` over ``base``; the two nested override dicts merge key by key."""
     merged = {**base, **values}
-    for key in ("model_overrides", "generator"):
-        if key in base and key in values:
-            merged[key] = {**base[key], **values[key]}
+    if "generator" in base and "generator" in values:
+        merged["generator"] = {**with_current_names(base["generator"]),
+                               **with_current_names(values["generator"])}
+    if "model_overrides" in base and "model_overrides" in values:
+        merged["model_overrides"] = {**base["model_overrides"], **values["model_overrides"]}
     return merged

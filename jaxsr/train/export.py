@@ -49,7 +49,7 @@ def export_weights(workdir: str | Path, out_dir: str | Path, step: int | None = 
     if validation is not None:
         metadata["validation"] = validation
     # By default the regressor feeds bags of as many points as the model was trained on.
-    decoding = {**DEFAULT_DECODING, "max_input_points": config.generator_config().max_len,
+    decoding = {**DEFAULT_DECODING, "max_input_points": config.generator_config().max_points,
                 **(decoding or {})}
     return save_weights(out_dir, params, config.model_config().replace(dtype="float32"),
                         decoding=decoding, metadata=metadata)

@@ -2,7 +2,7 @@
 samples, scored without constant refinement (the reference's "NoRef" figures).
 
 The set is ``size`` evaluation samples (``Generator.sample(i, evaluation=True)``: N =
-max_len points, the evaluation noise) of the training generator with seed
+max_points points, the evaluation noise) of the training generator with seed
 ``validation_seed``, built once per run. Each sample's decoded formula is evaluated on the
 sample's own points. A row that does not parse, uses a variable the sample lacks, or
 predicts a non-finite value is a failure: accuracy 0 and R2 0.

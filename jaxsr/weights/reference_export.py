@@ -26,7 +26,7 @@ import json
 import os
 from pathlib import Path
 
-from jaxsr.data.config import GeneratorConfig
+from jaxsr.data.config import GeneratorConfig, with_current_names
 from jaxsr.expr import tokens
 from jaxsr.fileio import atomic_files
 from jaxsr.model.config import ModelConfig
@@ -109,8 +109,8 @@ def _training_max_len(weights: Weights) -> int:
     if isinstance(converted.get("max_len"), int):
         return converted["max_len"]
     train_config = weights.metadata.get("source", {}).get("train_config") or {}
-    generator = train_config.get("generator") or {}
-    return int(generator.get("max_len", GeneratorConfig().max_len))
+    generator = with_current_names(train_config.get("generator") or {})
+    return int(generator.get("max_points", GeneratorConfig().max_points))
 
 
 # ModelConfig field -> (the only value the reference can build, why).
