@@ -51,7 +51,7 @@ from jaxsr.regressor import inputs, models, pipeline
 STAGES = ("tokenise", "decode", "parse", "score", "refine", "select")
 
 
-def problem(seed: int = 0) -> inputs.Problem:
+def problem(seed: int = 0) -> inputs.FitProblem:
     lv1 = datasets.strogatz("lv1")
     rows = np.random.default_rng(seed).choice(len(lv1.y), 200, replace=False)
     return inputs.prepare(lv1.X[rows], lv1.y[rows], np.ones(200), list(lv1.feature_names),
@@ -88,7 +88,7 @@ def run_stages(loaded, settings, exprs) -> tuple[dict, dict]:
 
 
 def bench(loaded, n_candidates: int, max_len: int) -> dict:
-    settings = pipeline.Settings(
+    settings = pipeline.FitSettings(
         max_input_points=200, max_number_bags=1, n_candidates=n_candidates,
         decoding="sampling", temperature=float(loaded.decoding["beam_temperature"]),
         max_len=max_len, refine=True, max_iter=50, max_time=None, seed=0)

@@ -150,7 +150,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
             if self.verbose:
                 estimator._print_summary()
 
-    def _settings(self, loaded: models.LoadedModel, seed: int) -> pipeline.Settings:
+    def _settings(self, loaded: models.LoadedModel, seed: int) -> pipeline.FitSettings:
         """The parameters, checked (here rather than in __init__, as sklearn asks)."""
         max_points = self.max_input_points
         if max_points is None:
@@ -179,7 +179,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         if not isinstance(self.model_proposals, (bool, np.bool_)):
             raise TypeError(f"model_proposals must be True or False, "
                             f"got {self.model_proposals!r}")
-        return pipeline.Settings(
+        return pipeline.FitSettings(
             max_input_points=max_points, max_number_bags=self.max_number_bags,
             n_candidates=self.n_candidates, decoding=self.decoding,
             temperature=float(temperature), max_len=self.max_len, refine=bool(self.refine),
@@ -187,7 +187,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
             population_size=self.population_size, generations=self.generations,
             seeds=self.seeds, model_proposals=bool(self.model_proposals), verbose=self.verbose)
 
-    def _prepare(self, X, y, sample_weight, max_features: int, seed: int) -> inputs.Problem:
+    def _prepare(self, X, y, sample_weight, max_features: int, seed: int) -> inputs.FitProblem:
         """Validates one problem (setting n_features_in_, feature_names_in_) and prepares it."""
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target "
@@ -209,7 +209,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
                           stacklevel=4)
         return inputs.prepare(X, y, weight, names, max_features, seed)
 
-    def _store(self, outcome: pipeline.Outcome, problem: inputs.Problem,
+    def _store(self, outcome: pipeline.FitOutcome, problem: inputs.FitProblem,
                loaded: models.LoadedModel, timings: dict, stopped_early: bool) -> None:
         self.variable_names_ = list(problem.names)
         self.selected_features_ = problem.selected

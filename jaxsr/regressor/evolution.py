@@ -21,7 +21,7 @@ from jaxsr import decode
 from jaxsr.expr import Expr, encode_points
 from jaxsr.refine.reference import scipy_refine
 from jaxsr.regressor import pipeline
-from jaxsr.regressor.inputs import Problem
+from jaxsr.regressor.inputs import FitProblem
 from jaxsr.regressor.models import LoadedModel
 from jaxsr.search import SearchSettings, evolve
 from jaxsr.search.engine import MODEL_SAMPLE
@@ -59,7 +59,7 @@ class Rows:
     search: np.ndarray
 
     @staticmethod
-    def split(problem: Problem) -> Rows:
+    def split(problem: FitProblem) -> Rows:
         rows = problem.fit_rows
         order = problem.rng.permutation(len(rows))
         n_val = int(round(VALIDATION_FRACTION * len(rows)))
@@ -78,8 +78,8 @@ class ModelProposer:
     search's ``Proposer``): one bag per request, ``PROPOSALS_PER_TARGET`` samples each,
     returned in the user's units and as written (see ``_seeds``)."""
 
-    def __init__(self, loaded: LoadedModel, problems: list[Problem], rows: list[Rows],
-                 settings: pipeline.Settings, max_requests: int):
+    def __init__(self, loaded: LoadedModel, problems: list[FitProblem], rows: list[Rows],
+                 settings: pipeline.FitSettings, max_requests: int):
         self.loaded, self.problems, self.rows = loaded, problems, rows
         # Every call decodes this many bags (unused ones are copies): one compiled decoder
         # for the whole search, whatever the number of requests.
@@ -128,8 +128,8 @@ class ModelProposer:
 # ---------------------------------------------------------------------------- the pass
 
 
-def run(problems: list[Problem], loaded: LoadedModel, settings: pipeline.Settings,
-        clock: pipeline.Clock) -> list[pipeline.Outcome]:
+def run(problems: list[FitProblem], loaded: LoadedModel, settings: pipeline.FitSettings,
+        clock: pipeline.Clock) -> list[pipeline.FitOutcome]:
     """Seeds, evolves and chooses for all ``problems`` at once."""
     rows = [Rows.split(p) for p in problems]
     training = [dataclasses.replace(p, fit_rows=r.train) for p, r in zip(problems, rows)]
@@ -195,7 +195,7 @@ def _seeds(training, loaded, settings, clock):
     return seeds, counts, dropped
 
 
-def _search_settings(settings: pipeline.Settings, clock: pipeline.Clock,
+def _search_settings(settings: pipeline.FitSettings, clock: pipeline.Clock,
                      width: int) -> SearchSettings:
     generations = settings.generations
     remaining = None if clock.deadline is None else max(0.0, clock.remaining())
@@ -210,8 +210,8 @@ def _search_settings(settings: pipeline.Settings, clock: pipeline.Clock,
 # ---------------------------------------------------------------------------- choosing
 
 
-def choose(p: Problem, rows: Rows, finalists, counts, dropped,
-           clock: pipeline.Clock | None = None) -> pipeline.Outcome:
+def choose(p: FitProblem, rows: Rows, finalists, counts, dropped,
+           clock: pipeline.Clock | None = None) -> pipeline.FitOutcome:
     """The finalists measured on the training and validation rows, in the original
     columns, simplest first; ``selected`` is the simplest within tolerance of the best
     validation error (the training error where there are no validation rows).
@@ -238,7 +238,7 @@ def choose(p: Problem, rows: Rows, finalists, counts, dropped,
     order = pool.order()
     mse, r2 = (np.array([pool.train[k][j] for k in order]) for j in (0, 1))
     val_r2 = np.array([pool.valid[k][1] for k in order])
-    return pipeline.Outcome(
+    return pipeline.FitOutcome(
         exprs=[pipeline.to_columns(pool.exprs[k], p) for k in order], r2=r2, mse=mse,
         complexity=np.array([pool.exprs[k].complexity() for k in order]),
         refined=np.ones(len(order), bool), source=[pool.sources[k] for k in order],
@@ -249,7 +249,7 @@ def choose(p: Problem, rows: Rows, finalists, counts, dropped,
 class _Finalists:
     """Distinct formulas (by skeleton) with their training and validation metrics."""
 
-    def __init__(self, p: Problem, train_rows, judged_rows, clock=None):
+    def __init__(self, p: FitProblem, train_rows, judged_rows, clock=None):
         self.p, self.train_rows, self.judged_rows = p, train_rows, judged_rows
         self.clock = clock
         self.exprs, self.sources, self.train, self.valid = [], [], [], []
@@ -322,7 +322,7 @@ def _without_one_term(expr: Expr) -> list[Expr]:
     return out
 
 
-def linear_fit(p: Problem, rows) -> Expr:
+def linear_fit(p: FitProblem, rows) -> Expr:
     """Weighted least squares of y on the selected columns (user units) over ``rows``: it
     always competes in the final choice, whatever the search's length limit."""
     Z = np.column_stack([np.ones(len(rows)), p.user_units(rows)])
@@ -345,7 +345,7 @@ def _contenders(nmse, order) -> list[int]:
     return [order[i] for i in np.flatnonzero(finite & (nmse <= bound))[:POLISH_LIMIT]]
 
 
-def _polish(expr: Expr, p: Problem, rows) -> Expr:
+def _polish(expr: Expr, p: FitProblem, rows) -> Expr:
     """The constants refined in float64 on all training rows: the search refines in float32
     on a subset, which leaves about 7 correct digits (3 prints as 2.9999998). One formula
     with scipy's BFGS: milliseconds, nothing to compile. Never worse on those rows."""
@@ -361,7 +361,7 @@ def _polish(expr: Expr, p: Problem, rows) -> Expr:
     return polished
 
 
-def _metrics(expr: Expr, p: Problem, rows) -> tuple[float, float]:
+def _metrics(expr: Expr, p: FitProblem, rows) -> tuple[float, float]:
     with np.errstate(all="ignore"):
         prediction = expr.evaluate(p.user_units(rows))
     return pipeline.weighted_metrics(prediction, p.y[rows], p.weight[rows])

@@ -33,7 +33,7 @@ MIN_ROWS = 2
 
 
 @dataclasses.dataclass
-class Problem:
+class FitProblem:
     """One regression problem, validated and prepared for the pipeline.
 
     Only rows with a positive weight are kept: a zero weight removes a row everywhere.
@@ -354,8 +354,8 @@ def fit_rows(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def prepare(X: np.ndarray, y: np.ndarray, weight: np.ndarray, names: list[str],
-            max_features: int, seed: int) -> Problem:
-    """A validated (X, y, weight) -> ``Problem``: positive-weight rows, selected features,
+            max_features: int, seed: int) -> FitProblem:
+    """A validated (X, y, weight) -> ``FitProblem``: positive-weight rows, selected features,
     standardisation and fit rows. ``seed`` fixes every random choice made here and later
     for this problem (bags)."""
     keep = weight > 0
@@ -363,6 +363,6 @@ def prepare(X: np.ndarray, y: np.ndarray, weight: np.ndarray, names: list[str],
     selected = select_features(X, y, max_features, seed, names)
     mean, scale = standardisation(X[:, selected], weight)
     rng = np.random.default_rng(seed)
-    return Problem(X=X, y=y, weight=weight, names=names, selected=selected, mean=mean,
+    return FitProblem(X=X, y=y, weight=weight, names=names, selected=selected, mean=mean,
                    scale=scale, fit_rows=fit_rows(len(y), rng), rng=rng,
                    max_features=max_features)

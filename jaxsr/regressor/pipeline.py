@@ -35,7 +35,7 @@ from jaxsr.expr.compiler import compile_programs
 from jaxsr.expr.interpreter import evaluate_programs
 from jaxsr.expr.tokens import encode_point_sets
 from jaxsr.refine import refine_constants
-from jaxsr.regressor.inputs import Problem
+from jaxsr.regressor.inputs import FitProblem
 from jaxsr.regressor.models import LoadedModel
 from jaxsr.shapes import bucket, next_power_of_two, pad_point_sets, pad_to
 
@@ -61,7 +61,7 @@ DROPPED_NON_FINITE = "not finite on the data"
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class FitSettings:
     """The estimator's parameters that the pipeline reads, validated."""
 
     max_input_points: int
@@ -87,7 +87,7 @@ class Settings:
 
 
 @dataclasses.dataclass
-class Outcome:
+class FitOutcome:
     """The result for one problem: candidates ranked best first, in the user's units, with
     variables indexing the problem's original columns."""
 
@@ -170,7 +170,7 @@ def map_variables(expr: Expr, replace) -> Expr:
     return Expr(expr.token, tuple(map_variables(c, replace) for c in expr.children))
 
 
-def unscale(expr: Expr, problem: Problem) -> Expr:
+def unscale(expr: Expr, problem: FitProblem) -> Expr:
     """A model-space formula as a formula of the user's x: x_k -> (x_k - mean_k)/scale_k
     (fresh nodes per occurrence, so every occurrence refines on its own)."""
     return map_variables(expr, lambda k: Expr.op(
@@ -178,7 +178,7 @@ def unscale(expr: Expr, problem: Problem) -> Expr:
         Expr.const(problem.scale[k])))
 
 
-def to_columns(expr: Expr, problem: Problem) -> Expr:
+def to_columns(expr: Expr, problem: FitProblem) -> Expr:
     """Variables renumbered from selected features to the problem's original columns."""
     return map_variables(expr, lambda k: Expr.var(int(problem.selected[k])))
 
@@ -199,7 +199,7 @@ def weighted_metrics(prediction, y, weight) -> tuple[float, float]:
     return mse, 1.0 - mse / variance
 
 
-def stack_fit_rows(problems: list[Problem], columns, width: int):
+def stack_fit_rows(problems: list[FitProblem], columns, width: int):
     """Every problem's fit rows as padded arrays: X (P, N, width), y (P, N), weight (P, N)
     with weight 0 on padding; ``columns(problem, rows)`` gives a problem's (m, d) X."""
     n = next_power_of_two(max(len(p.fit_rows) for p in problems), 16)
@@ -222,7 +222,7 @@ class Bags:
     problem: np.ndarray    # (B,) which problem each bag samples
 
 
-def make_bags(problems: list[Problem], settings: Settings, max_features: int) -> Bags:
+def make_bags(problems: list[FitProblem], settings: FitSettings, max_features: int) -> Bags:
     """Bags of at most ``max_input_points`` rows per problem, encoded as the model's tokens.
 
     A problem's rows are shuffled (seeded) and cut into bags of nearly equal size (not the
@@ -249,7 +249,7 @@ def make_bags(problems: list[Problem], settings: Settings, max_features: int) ->
     return Bags(*pad_point_sets(sets, settings.max_input_points), np.asarray(owner, int))
 
 
-def rows_per_call(loaded: LoadedModel, n_points: int, settings: Settings) -> int:
+def rows_per_call(loaded: LoadedModel, n_points: int, settings: FitSettings) -> int:
     """Candidate rows one decoding call may hold: its key/value caches stay under
     DECODE_MEMORY_BYTES."""
     config = loaded.model.config
@@ -265,7 +265,7 @@ def decode_memory_bytes() -> int:
     return DECODE_MEMORY_BYTES
 
 
-def decode_bags(loaded: LoadedModel, bags: Bags, settings: Settings, clock: Clock):
+def decode_bags(loaded: LoadedModel, bags: Bags, settings: FitSettings, clock: Clock):
     """Token rows (B', n, L) and lengths (B', n) of the first B' bags: all of them unless
     max_time ran out (checked between calls; at least one call runs).
 
@@ -292,7 +292,7 @@ def decode_bags(loaded: LoadedModel, bags: Bags, settings: Settings, clock: Cloc
     return np.concatenate(tokens), np.concatenate(lengths)
 
 
-def _generate(loaded: LoadedModel, ids, mask, settings: Settings, key, n: int):
+def _generate(loaded: LoadedModel, ids, mask, settings: FitSettings, key, n: int):
     return decode.generate(loaded.model, loaded.params, ids, mask, strategy=settings.decoding,
                            n=n, key=key, temperature=settings.temperature,
                            max_len=settings.max_len)
@@ -320,7 +320,7 @@ class Pool:
         return np.bincount(self.problem, minlength=n_problems)
 
 
-def parse(tokens, lengths, bags: Bags, problems: list[Problem]):
+def parse(tokens, lengths, bags: Bags, problems: list[FitProblem]):
     """Token rows -> trees, dropping invalid rows and formulas using a variable beyond the
     problem's selected features. Returns the pool, per-problem counts (sampled, valid) and
     per-problem drop reasons."""
@@ -343,14 +343,14 @@ def parse(tokens, lengths, bags: Bags, problems: list[Problem]):
     return Pool(exprs, np.asarray(owner, int)), counts, dropped
 
 
-def score(pool: Pool, problems: list[Problem]) -> tuple[Pool, list[Counter]]:
+def score(pool: Pool, problems: list[FitProblem]) -> tuple[Pool, list[Counter]]:
     """Weighted MSE of every candidate on its problem's fit rows, in one batched float64
     evaluation (model space: standardised x, raw y); drops those not finite there. Returns
     the scored pool and, per problem, the drops."""
     dropped = [Counter() for _ in problems]
     if not pool.exprs:
         return dataclasses.replace(pool, mse=np.zeros(0)), dropped
-    X, y, weight = stack_fit_rows(problems, Problem.standardised, _width(problems))
+    X, y, weight = stack_fit_rows(problems, FitProblem.standardised, _width(problems))
     size = bucket(len(pool.exprs))
     with jax.enable_x64(True):
         programs = compile_programs(pad_to(pool.exprs, size))
@@ -367,7 +367,7 @@ def score(pool: Pool, problems: list[Problem]) -> tuple[Pool, list[Counter]]:
     return dataclasses.replace(pool, mse=mse).take(np.flatnonzero(finite)), dropped
 
 
-def _width(problems: list[Problem]) -> int:
+def _width(problems: list[FitProblem]) -> int:
     """Columns of the stacked data: the model's maximum rather than the problems' (padding
     is free), so that data of any width reuses one compiled evaluator and solver."""
     return problems[0].max_features
@@ -383,7 +383,7 @@ def dedupe(pool: Pool) -> Pool:
     return pool.take(sorted(best.values()))
 
 
-def refine(pool: Pool, problems: list[Problem], settings: Settings, clock: Clock) -> Pool:
+def refine(pool: Pool, problems: list[FitProblem], settings: FitSettings, clock: Clock) -> Pool:
     """Unscales every candidate, then (with ``settings.refine``) refines all their constants
     in one ``refine_constants`` call on their problems' fit rows, in float64."""
     if not pool.exprs:
@@ -400,12 +400,12 @@ def refine(pool: Pool, problems: list[Problem], settings: Settings, clock: Clock
     return _refine_constants(unscaled, problems, settings, clock)
 
 
-def _refine_constants(pool: Pool, problems: list[Problem], settings: Settings,
+def _refine_constants(pool: Pool, problems: list[FitProblem], settings: FitSettings,
                       clock: Clock) -> Pool:
     """``refine_constants`` on every candidate of ``pool`` (in the user's units), in rounds
     of ROUND_ITERATIONS while a deadline is set."""
     users = np.unique(pool.problem)  # the datasets refine_constants needs, in order
-    X, y, weight = stack_fit_rows([problems[i] for i in users], Problem.user_units,
+    X, y, weight = stack_fit_rows([problems[i] for i in users], FitProblem.user_units,
                                   _width(problems))
     # No candidate padding here: refine_constants rounds its batch to reusable sizes with
     # idle lanes, whereas padding copies would be refined for nothing.
@@ -425,7 +425,7 @@ def _refine_constants(pool: Pool, problems: list[Problem], settings: Settings,
                                iterations=iterations)
 
 
-def select(pool: Pool, problems: list[Problem], counts, dropped) -> list[Outcome]:
+def select(pool: Pool, problems: list[FitProblem], counts, dropped) -> list[FitOutcome]:
     """Per problem: its candidates in the original columns, ranked by R2 (equal to 10
     decimals: lower complexity first); a flagged fallback where the model gave nothing."""
     outcomes = []
@@ -445,7 +445,7 @@ def select(pool: Pool, problems: list[Problem], counts, dropped) -> list[Outcome
         complexity = np.array([e.complexity() for e in exprs])
         r2 = np.asarray(r2, float)
         order = np.lexsort((complexity, -np.round(r2, 10)))  # stable: ties keep pool order
-        outcomes.append(Outcome(
+        outcomes.append(FitOutcome(
             exprs=[exprs[k] for k in order], r2=r2[order], mse=np.asarray(mse, float)[order],
             complexity=complexity[order], refined=np.asarray(refined, bool)[order],
             source=[source[k] for k in order], fallback=fallback, counts=counted,
@@ -453,7 +453,7 @@ def select(pool: Pool, problems: list[Problem], counts, dropped) -> list[Outcome
     return outcomes
 
 
-def _fallback(p: Problem, counts: dict, dropped: Counter) -> tuple[str, list]:
+def _fallback(p: FitProblem, counts: dict, dropped: Counter) -> tuple[str, list]:
     """Why the model gave no usable formula, and the fallback candidates (source, tree)."""
     if p.constant_target:
         return (f"y is constant: the answer is y = {p.y[0]!r}; the model was not run",
@@ -467,7 +467,7 @@ def _fallback(p: Problem, counts: dict, dropped: Counter) -> tuple[str, list]:
             f"{reasons}); fell back to a linear fit and the mean"), extra
 
 
-def _linear_fit(p: Problem) -> Expr:
+def _linear_fit(p: FitProblem) -> Expr:
     """Weighted least squares on the standardised features, as a tree in the original columns
     and the user's units (the same unscaling as every model formula)."""
     Z = np.column_stack([np.ones(len(p.y)), p.standardised(np.arange(len(p.y)))])
@@ -487,7 +487,7 @@ def new_counts() -> dict:
     return {"bags": 0, "sampled": 0, "valid": 0, "unique": 0, "iterations": 0}
 
 
-def tokenise_and_decode(problems: list[Problem], loaded: LoadedModel, settings: Settings,
+def tokenise_and_decode(problems: list[FitProblem], loaded: LoadedModel, settings: FitSettings,
                         clock: Clock):
     """Bags of every problem and their decoded token rows (tokens, lengths); the bags of
     which only the first ``len(tokens)`` decoded before max_time ran out."""
@@ -507,7 +507,7 @@ def sampled_counts(bags: Bags, n_decoded: int, parsed: list[dict], n_problems: i
     return [{**new_counts(), **parsed[i], "bags": int(decoded[i])} for i in range(n_problems)]
 
 
-def sample(problems: list[Problem], loaded: LoadedModel, settings: Settings, clock: Clock):
+def sample(problems: list[FitProblem], loaded: LoadedModel, settings: FitSettings, clock: Clock):
     """The paper's protocol up to ranking: every unique sampled formula of every problem,
     in the user's units (variables: selected features), refined. Returns the pool and the
     per-problem counters and drop reasons."""
@@ -526,8 +526,8 @@ def sample(problems: list[Problem], loaded: LoadedModel, settings: Settings, clo
     return pool, counts, dropped
 
 
-def run(problems: list[Problem], loaded: LoadedModel, settings: Settings, clock: Clock):
-    """Every stage for all ``problems`` at once; returns one ``Outcome`` per problem."""
+def run(problems: list[FitProblem], loaded: LoadedModel, settings: FitSettings, clock: Clock):
+    """Every stage for all ``problems`` at once; returns one ``FitOutcome`` per problem."""
     pool, counts, dropped = sample(problems, loaded, settings, clock)
     with clock.stage("select"):
         return select(pool, problems, counts, dropped)
