@@ -1,6 +1,7 @@
 """The evolutionary search (jaxsr.search): array form, variation, scoring, selection, loop."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from jaxsr.expr import Expr, compile_programs, evaluate_programs
 from jaxsr.expr.compiler import assemble
 from jaxsr.expr.random_trees import random_expr
 from jaxsr.search import SearchSettings, evolve
-from jaxsr.search import fitness, selection, variation
+from jaxsr.search import engine, fitness, selection, variation
 from jaxsr.search.population import Genomes, Structure, Terms, program_size, to_nodes
 
 SMALL = dict(population_size=256, max_length=24, seed=0)
@@ -99,6 +100,20 @@ def test_crossover_splices_the_chosen_subtrees():
     child, ok = variation.splice(parent, np.array([1]), np.array([3]), mate, np.array([0]),
                                  np.array([2]))
     assert ok[0] and child.to_expr(0) == Expr.op("add", Expr.op("exp", y), y)
+
+
+def test_subtrees_are_the_slices_that_hold_a_variable():
+    names = ["x", "y"]
+    numbers = Expr.op("mul", Expr.const(3.0), Expr.op("add", Expr.const(2.0), Expr.const(5.0)))
+    first = Expr.op("add", Expr.from_sympy("sin(x*y)", names), numbers)
+    genomes, _ = Genomes.from_exprs([first, Expr.from_sympy("cos(x*y)", names)], 16)
+    found = variation.subtrees(genomes, 3, 5)
+    assert _is_valid(found)
+    shown = {str(found.to_expr(i)) for i in range(found.size)}
+    # x*y appears twice but has one skeleton; 3*(2 + 5) holds no variable; the whole first
+    # formula is too long
+    assert shown == {"x_0*x_1", "sin(x_0*x_1)", "cos(x_0*x_1)"}
+    assert found.size == 3
 
 
 def test_folding_constants_keeps_values():
@@ -291,19 +306,56 @@ def test_seeds_and_baselines_compete(planted):
     assert max(c.r2 for c in result.fronts[0]) > 1 - 1e-10
 
 
-def test_proposer_is_called_and_its_formulas_join(planted):
+def test_best_seeds_only_enter_the_first_population(planted):
     X, y = planted
+    names = ["x", "y"]
+    good = Expr.from_sympy("1.5*x*y - x**2", names)
+    poor = [Expr.from_sympy(f"sin({k}*x)", names) for k in range(1, 9)]
+    settings = SearchSettings(generations=0, max_seeds=3, **SMALL)
+    search = engine._Search(settings, fitness.Data.stack([(X, y, None)]), np.array([2]),
+                            np.random.default_rng(0), engine._Clock(settings), None)
+    population = search.initial([[*poor, good]], engine.MODEL_SAMPLE, [(X, y, None)])
+    seeded = population.origin == engine.MODEL_SAMPLE
+    assert 1 <= seeded.sum() <= 3
+    assert population.scores.nmse[seeded].min() < 1e-10  # the exact seed is among them
+    # every seed's building blocks are subtree-mutation donors
+    blocks, _ = Genomes.from_exprs([Expr.from_sympy("sin(3*x)", names),
+                                    Expr.from_sympy("x*y", names)], 24)
+    assert set(blocks.skeleton_keys()) <= set(search.pool.skeleton_keys())
+
+
+def _exact_linear_problem():
+    X = np.linspace(0.5, 2.0, 50)[:, None]
+    return X, 2.0 * X[:, 0] + 1.0  # the linear baseline fits it: the search cannot improve
+
+
+@pytest.mark.parametrize("share, rounds", [(1.0, 2), (0.0, 0)])
+def test_model_is_asked_where_the_search_stalls(share, rounds):
     calls = []
 
     def proposer(requests, seed):
-        calls.append(len(requests))
-        return [[Expr.from_sympy("x*y", ["x", "y"])] for _ in requests]
+        calls.append(sorted({q for q, _ in requests}))
+        return [[Expr.from_sympy("x", ["x"])] for _ in requests]
 
-    result = evolve([(X, y)], proposer=proposer,
-                    settings=SearchSettings(generations=2, proposal_every=1, target_r2=2.0,
-                                            **SMALL))
-    assert calls and calls[0] >= 1
-    assert result.generations == 2
+    result = evolve([_exact_linear_problem()], proposer=proposer,
+                    settings=SearchSettings(generations=6, proposal_every=2, target_r2=2.0,
+                                            proposal_share=share, **SMALL))
+    # stalled from the start: asked at generations 2 and 4, unless proposals get no time
+    assert calls == [[0]] * rounds
+    assert result.generations == 6
+
+
+def test_stalls_are_tracked_per_problem():
+    stalls = engine._Stalls(2)
+    population = lambda nmse: SimpleNamespace(problem=np.array([0, 1]),
+                                              scores=SimpleNamespace(nmse=np.array(nmse)))
+    stalls.update(population([0.5, 0.5]), 0)
+    stalls.update(population([0.2, 0.499]), 3)  # problem 0 improves, 1 by less than 1%
+    assert stalls.stuck(3, 3).tolist() == [1]
+    assert stalls.stuck(5, 3).tolist() == [1]
+    assert stalls.stuck(6, 3).tolist() == [0, 1]
+    stalls.asked[1] = 6
+    assert stalls.stuck(7, 3).tolist() == [0]
 
 
 def test_settings_are_checked():

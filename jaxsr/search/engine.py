@@ -12,9 +12,12 @@ One generation, for all problems at once:
    that never loses a member;
 5. every ``refine_every`` generations the best ``refine_top`` formulas of each problem not
    yet refined go through the batched L-BFGS (``jaxsr.refine``), constants written back;
-6. every ``proposal_every`` generations (with a ``proposer``) the model is asked for fresh
-   formulas for y, and for the residual ``y - f`` and ratio ``y / f`` of the best formulas
-   f; ``f + g`` and ``f * g`` are refined and join the population.
+6. with a ``proposer``, for each problem whose best error has not improved for
+   ``proposal_every`` generations, the model is asked for fresh formulas for y, and for the
+   residual ``y - f`` and ratio ``y / f`` of the best formulas f; ``f + g`` and ``f * g``
+   are refined and join the population. Decoding costs as much as several generations on a
+   CPU, so the model is asked only where the search is stuck, and proposals take at most
+   ``proposal_share`` of the time.
 
 The search never builds trees inside the loop except for the few formulas that go through
 L-BFGS or to the proposer, and never calls sympy.
@@ -46,8 +49,17 @@ DEFAULT_OPERATORS = ("add", "sub", "mul", "div", "sqrt", "exp", "log", "sin", "c
                      "inv")
 # L-BFGS steps for the initial population (the seeds are the model's best guesses).
 INITIAL_REFINE_ITERATIONS = 50
-# Random trees made once per problem: subtree-mutation donors are drawn from this pool.
+# Subtree-mutation donors are drawn from a pool made once per problem: random trees, and
+# up to FRAGMENT_SHARE of it the seeds' subtrees of FRAGMENT_NODES nodes (the model's
+# building blocks, which stay available after the seeds themselves die out).
 POOL_SIZE = 512
+FRAGMENT_SHARE = 0.5
+FRAGMENT_NODES = (3, 12)
+# A problem's best error must fall below (1 - STALL_IMPROVEMENT) x its previous best for
+# the search to count as progressing there (see ``SearchSettings.proposal_every``).
+# Changes below NMSE_RESOLUTION (the default target's 1 - R2) are rounding, not progress.
+STALL_IMPROVEMENT = 0.01
+NMSE_RESOLUTION = 1e-12
 
 # A proposer turns targets into formulas: ``proposer([(q, target), ...], seed)`` returns one
 # list of trees per request, each in problem q's variables (the columns of its X), fitted
@@ -71,7 +83,15 @@ class SearchSettings:
       selection: "nsga2" or "elitist" (see ``selection.survivors``).
       refine_top, refine_every, refine_iterations: L-BFGS on the best ``refine_top``
         unrefined formulas of each problem every ``refine_every`` generations.
-      proposal_every: generations between rounds of model proposals (0: none).
+      max_seeds: seeds per problem that enter the first population, at most: the ones
+        with the lowest error. A population of the model's variations on a few ideas
+        loses the diversity of random trees, and searches less well than random trees
+        alone (measured: see the model card's ablation).
+      proposal_every: generations without improvement (of a problem's best error by a
+        factor ``1 - STALL_IMPROVEMENT``) before the model is asked for proposals for that
+        problem, and at least between two rounds (0: no proposals).
+      proposal_share: fraction of the elapsed time that proposals may have taken, at most,
+        when a round starts.
       proposal_members: front members per problem whose residual and ratio are proposed on.
       dtype: precision of scoring and refinement ("float32" or "float64"). float32 halves
         the cost of both and resolves R2 to about 1e-7 (callers that need more re-measure
@@ -95,7 +115,9 @@ class SearchSettings:
     refine_top: int = 64
     refine_every: int = 1
     refine_iterations: int = 10
-    proposal_every: int = 10
+    max_seeds: int = 64
+    proposal_every: int = 5
+    proposal_share: float = 0.2
     proposal_members: int = 2
     dtype: str = "float32"
     width: int | None = None
@@ -111,7 +133,8 @@ class SearchSettings:
     def check(self) -> None:
         for name in ("population_size", "max_length", "tournament_size", "refine_every"):
             check_int(name, getattr(self, name))
-        for name in ("refine_top", "refine_iterations", "proposal_every", "proposal_members"):
+        for name in ("refine_top", "refine_iterations", "max_seeds", "proposal_every",
+                     "proposal_members"):
             check_int(name, getattr(self, name), low=0)
         for name in ("generations", "max_evaluations"):
             if getattr(self, name) is not None:
@@ -121,6 +144,8 @@ class SearchSettings:
         if self.generations is None and self.max_evaluations is None and self.max_time is None:
             raise ValueError("set generations, max_evaluations or max_time: the search needs "
                              "a limit")
+        if not 0.0 <= self.proposal_share <= 1.0:
+            raise ValueError(f"proposal_share must be in [0, 1], got {self.proposal_share!r}")
         if self.selection not in selection.SELECTIONS:
             raise ValueError(f"selection must be one of {selection.SELECTIONS}, "
                              f"got {self.selection!r}")
@@ -205,6 +230,7 @@ class _Clock:
         self.settings = settings
         self.evaluations = 0
         self.device = 0.0
+        self.proposing = 0.0  # seconds spent on model proposals
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -314,6 +340,7 @@ class _Search:
         self.n_variables = n_variables
         self.alphabet = variation.Alphabet.of(settings.operators)
         self.proposer = proposer
+        self.stalls = _Stalls(data.n_problems)
         pools = [self._random_genomes(POOL_SIZE, d, small=True) for d in n_variables]
         self.pool = Genomes.concatenate(pools)
         self.pool_start = np.cumsum([0] + [p.size for p in pools])[:-1]
@@ -362,23 +389,42 @@ class _Search:
     # ------------------------------------------------------------------ start
 
     def initial(self, seeds, seed_origin, problems) -> _Population:
+        """Each problem's best ``max_seeds`` seeds, its baselines and ``population_size``
+        random trees, scored; the survivors, their best refined."""
         parts = []
         M, L = self.settings.population_size, self.settings.max_length
         for q, d in enumerate(self.n_variables):
-            baselines = _baselines(*problems[q], d)
             own, _ = Genomes.from_exprs(list(seeds[q]), L)
-            base, _ = Genomes.from_exprs(baselines, L)
-            n_random = max(M - own.size - base.size, M // 4)
-            rand = self._random_genomes(n_random, d, small=False)
+            base, _ = Genomes.from_exprs(_baselines(*problems[q], d), L)
+            rand = self._random_genomes(M, d, small=False)
             genomes = Genomes.concatenate([own, base, rand])
             origin = np.r_[np.full(own.size, seed_origin), np.full(base.size, BASELINE),
                            np.full(rand.size, RANDOM_TREE)].astype(np.int8)
             parts.append((genomes, np.full(genomes.size, q), origin))
+            self._add_fragments(q, own)
         genomes = Genomes.concatenate([p[0] for p in parts])
         population = self._population(genomes, np.concatenate([p[1] for p in parts]),
                                       np.concatenate([p[2] for p in parts]))
+        population = population.take(self._without_extra_seeds(population, seed_origin))
         population = self.survive(population)
         return self.refine(population, INITIAL_REFINE_ITERATIONS)
+
+    def _add_fragments(self, q: int, seeds: Genomes) -> None:
+        """Replaces random trees of problem q's donor pool by the seeds' subtrees."""
+        fragments = variation.subtrees(seeds, *FRAGMENT_NODES)
+        n = min(fragments.size, int(FRAGMENT_SHARE * self.pool_size[q]))
+        if not n:
+            return
+        fragments = fragments.take(self.rng.choice(fragments.size, n, replace=False))
+        rows = self.pool_start[q] + np.arange(n)
+        for field in ("kind", "arg", "value", "length"):
+            getattr(self.pool, field)[rows] = getattr(fragments, field)
+
+    def _without_extra_seeds(self, population: _Population, seed_origin: int) -> np.ndarray:
+        """Rows to keep: all but the seeds beyond each problem's ``max_seeds`` best."""
+        seeded = population.origin == seed_origin
+        kept = _best_per_problem(population, seeded, self.settings.max_seeds)
+        return np.sort(np.r_[np.flatnonzero(~seeded), kept])
 
     def _random_genomes(self, n: int, dimension: int, small: bool) -> Genomes:
         exprs = random_trees(self.rng, n, int(dimension), self.alphabet,
@@ -396,9 +442,8 @@ class _Search:
         # up, so that max_time is overrun by at most one scoring call.
         if s.refine_top and generation % s.refine_every == 0 and not self.clock.out_of_time():
             population = self.refine(population)
-        if self.proposer is not None and s.proposal_every and \
-                (generation + 1) % s.proposal_every == 0 and not self.clock.out_of_time():
-            population = self.survive(self.propose(population))
+        if self.proposer is not None and s.proposal_every and not self.clock.out_of_time():
+            population = self.propose_where_stuck(population, generation)
         return population
 
     def offspring(self, population: _Population) -> _Population:
@@ -507,13 +552,27 @@ class _Search:
 
     # ------------------------------------------------------------------ model proposals
 
-    def propose(self, population: _Population) -> _Population:
-        """Asks the proposer for g on y, on y - f and on y / f of each problem's best f;
-        adds the g, f + g and f * g that fit, refined."""
+    def propose_where_stuck(self, population: _Population, generation: int) -> _Population:
+        """Proposals for the problems whose search has stalled, while they have taken at
+        most ``proposal_share`` of the time."""
+        s = self.settings
+        self.stalls.update(population, generation)
+        stuck = self.stalls.stuck(generation, s.proposal_every)
+        if not len(stuck) or self.clock.proposing >= s.proposal_share * self.clock.elapsed():
+            return population
+        started = time.perf_counter()
+        population = self.survive(self.propose(population, stuck))
+        self.clock.proposing += time.perf_counter() - started
+        self.stalls.asked[stuck] = generation
+        return population
+
+    def propose(self, population: _Population, problems: Sequence[int]) -> _Population:
+        """Asks the proposer for g on y, on y - f and on y / f of the best f of each of
+        ``problems``; adds the g, f + g and f * g that fit, refined."""
         s = self.settings
         start, size = population.blocks(self.data.n_problems)
         requests, bases = [], []
-        for q in range(self.data.n_problems):
+        for q in problems:
             n = int(np.sum(self.data.weight[q] > 0))
             y = self.data.y[q, :n]
             requests.append((q, y))
@@ -587,17 +646,42 @@ class _Search:
         return out
 
 
+class _Stalls:
+    """Per problem: the best error so far, the generation it last improved, and the last
+    generation the model was asked for proposals."""
+
+    def __init__(self, n_problems: int):
+        self.best = np.full(n_problems, np.inf)
+        self.improved = np.zeros(n_problems, int)
+        self.asked = np.zeros(n_problems, int)
+
+    def update(self, population: _Population, generation: int) -> None:
+        best = np.full(len(self.best), np.inf)
+        np.minimum.at(best, population.problem, population.scores.nmse)
+        progress = best < (1.0 - STALL_IMPROVEMENT) * self.best - NMSE_RESOLUTION
+        self.improved[progress] = generation
+        self.best = np.minimum(self.best, best)
+
+    def stuck(self, generation: int, patience: int) -> np.ndarray:
+        """Problems without improvement, and not asked, for ``patience`` generations."""
+        return np.flatnonzero((generation - self.improved >= patience)
+                              & (generation - self.asked >= patience))
+
+
 def _best_unrefined(population: _Population, k: int) -> np.ndarray:
     """Each problem's ``k`` lowest-error rows not yet refined (finite errors only)."""
-    candidates = np.flatnonzero(~population.refined & np.isfinite(population.scores.nmse))
+    return _best_per_problem(population, ~population.refined, k)
+
+
+def _best_per_problem(population: _Population, among: np.ndarray, k: int) -> np.ndarray:
+    """Each problem's ``k`` lowest-error rows where ``among`` holds (finite errors only),
+    sorted."""
+    candidates = np.flatnonzero(among & np.isfinite(population.scores.nmse))
     order = candidates[np.lexsort((population.scores.nmse[candidates],
                                    population.problem[candidates]))]
     p = population.problem[order]
     place = np.arange(len(order)) - np.searchsorted(p, p, side="left")
     return np.sort(order[place < k])
-
-
-# ---------------------------------------------------------------------------- formulas
 
 
 def _formula(population: _Population, row: int) -> Expr:

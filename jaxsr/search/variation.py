@@ -85,6 +85,25 @@ def splice(dst: Genomes, i, e, src: Genomes, j, k) -> tuple[Genomes, np.ndarray]
     return child, length <= L
 
 
+def subtrees(genomes: Genomes, min_nodes: int, max_nodes: int) -> Genomes:
+    """Every subtree of ``min_nodes`` to ``max_nodes`` nodes that holds a variable, one row
+    each, one per skeleton (in order of first appearance)."""
+    s = Structure.of(genomes)
+    t = np.arange(genomes.max_length)[None]
+    size = s.end - t
+    variables = np.concatenate([np.zeros((genomes.size, 1), int),
+                                np.cumsum(genomes.kind == KIND_VAR, axis=1)], axis=1)
+    rows = np.arange(genomes.size)[:, None]
+    holds_variable = variables[rows, s.end] > variables[:, :-1]
+    inside = t < genomes.length[:, None]
+    row, start = np.nonzero(inside & (size >= min_nodes) & (size <= max_nodes) & holds_variable)
+    zero = np.zeros(len(row), int)
+    out, _ = splice(Genomes.empty(len(row), genomes.max_length), zero, zero,
+                    genomes.take(row), start, s.end[row, start])
+    _, first = np.unique(out.skeleton_keys(), return_index=True)
+    return out.take(np.sort(first))
+
+
 def random_node(rng: np.random.Generator, length: np.ndarray, allowed=None) -> np.ndarray:
     """A uniformly random position per row (among ``allowed`` (P, L) where given; rows with
     no allowed position get 0)."""
