@@ -454,6 +454,22 @@ def test_evolve_is_deterministic_for_a_seed_and_generation_count(evolved, toy_mo
     assert list(again.equations_["formula"]) == list(est.equations_["formula"])
 
 
+def test_evolve_asks_the_model_only_about_problems_it_was_trained_to_read(toy_model, tmp_path):
+    weights = load_model(toy_model)
+    one_variable = save_weights(
+        tmp_path / "w", weights.params, weights.config,
+        metadata={"source": {"train_config": {"generator": {"max_input_dimension": 1}}}})
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.5, 2.0, (100, 2))
+    y = np.sin(X[:, 0]) + X[:, 1]
+    params = {**EVOLVE, "generations": 1}
+    est = SymbolicTransformerRegressor(str(one_variable), **params).fit(X, y)
+    assert est.fit_info_["bags"] == 0 and est.timings_.get("decode", 0.0) == 0.0
+    assert "model sample" not in set(est.equations_["source"])
+    # the same weights without the record: their input width (10) is what they read
+    assert SymbolicTransformerRegressor(toy_model, **params).fit(X, y).fit_info_["bags"] > 0
+
+
 def test_evolve_finds_a_linear_law_where_the_model_does_not():
     # sklearn's check_regressors_train asks for R2 > 0.5 on such data: the linear baseline
     # always competes in the search, so even random weights pass.

@@ -79,11 +79,12 @@ class ModelProposer:
     returned in the user's units and as written (see ``_seeds``)."""
 
     def __init__(self, loaded: LoadedModel, problems: list[FitProblem], rows: list[Rows],
-                 settings: pipeline.FitSettings, max_requests: int):
+                 settings: pipeline.FitSettings, asked: list[int], requests_per_problem: int):
         self.loaded, self.problems, self.rows = loaded, problems, rows
+        self.asked = set(asked)  # the problems the model can read; others get nothing
         # Every call decodes this many bags (unused ones are copies): one compiled decoder
         # for the whole search, whatever the number of requests.
-        self.max_requests = max_requests
+        self.max_requests = requests_per_problem * len(asked)
         # Proposals longer than the search's formulas are dropped anyway: decoding fewer
         # tokens makes each call (whose cost is its number of steps) shorter.
         self.settings = dataclasses.replace(settings, n_candidates=PROPOSALS_PER_TARGET,
@@ -96,6 +97,8 @@ class ModelProposer:
         n_points = self.settings.max_input_points
         kept, ids = [], []
         for r, (q, target) in enumerate(requests):
+            if q not in self.asked:
+                continue
             p, rows = self.problems[q], self.rows[q].search
             take = np.linspace(0, len(rows) - 1, min(n_points, len(rows))).astype(int)
             try:
@@ -136,10 +139,11 @@ def run(problems: list[FitProblem], loaded: LoadedModel, settings: pipeline.FitS
     seeds, counts, dropped = _seeds(training, loaded, settings, clock)
     with clock.stage("search"):
         search_settings = _search_settings(settings, clock, loaded.max_features)
-        proposer = None
-        if settings.model_proposals and settings.seeds == "model" and not loaded.untrained:
-            proposer = ModelProposer(loaded, problems, rows, settings,
-                                     search_settings.max_requests * len(problems))
+        proposer, asked = None, readable(problems, loaded)
+        if settings.model_proposals and settings.seeds == "model" and asked \
+                and not loaded.untrained:
+            proposer = ModelProposer(loaded, problems, rows, settings, asked,
+                                     search_settings.max_requests)
         result = evolve(
             [(p.user_units(r.search), p.y[r.search], p.weight[r.search])
              for p, r in zip(problems, rows)],
@@ -162,15 +166,19 @@ def _seeds(training, loaded, settings, clock):
     """Per problem, the model's unique samples (one per skeleton) twice: in the user's units,
     and as the model wrote them (formulas of the standardised features, read as formulas of
     the raw ones: the unscaled forms are often too long for the search, while these keep the
-    model's skeleton for refinement to fit). Empty with seeds="random".
+    model's skeleton for refinement to fit). Empty with seeds="random" and for problems
+    the model cannot read (``readable``).
 
     The samples are neither scored nor refined here: the search scores its whole initial
     population in one call and refines the best of it with its own compiled solver.
     """
+    seeds = [[] for _ in training]
     counts = [pipeline.new_counts() for _ in training]
     dropped = [Counter() for _ in training]
-    if settings.seeds != "model":
-        return [[] for _ in training], counts, dropped
+    asked = readable(training, loaded) if settings.seeds == "model" else []
+    if not asked:
+        return seeds, counts, dropped
+    problems = [training[i] for i in asked]
     # Longer samples do not fit the search, and decoding time is search time lost: with the
     # sampler's 100 samples per bag and 35% of the budget, a 5 s fit solved fewer problems
     # than the search seeded by random trees alone (the model card's ablation).
@@ -178,21 +186,28 @@ def _seeds(training, loaded, settings, clock):
                                 n_candidates=min(settings.n_candidates, SEED_SAMPLES))
     with clock.until(None if settings.max_time is None
                      else SEEDING_SHARE * settings.max_time):
-        bags, tokens, lengths = pipeline.tokenise_and_decode(training, loaded, short, clock)
+        bags, tokens, lengths = pipeline.tokenise_and_decode(problems, loaded, short, clock)
     if not len(bags.problem):
-        return [[] for _ in training], counts, dropped
+        return seeds, counts, dropped
     with clock.stage("parse"):
-        pool, parsed, dropped = pipeline.parse(tokens, lengths, bags, training)
-    counts = pipeline.sampled_counts(bags, len(tokens), parsed, len(training))
-    seeds = []
-    for i, p in enumerate(training):
+        pool, parsed, asked_dropped = pipeline.parse(tokens, lengths, bags, problems)
+    asked_counts = pipeline.sampled_counts(bags, len(tokens), parsed, len(problems))
+    for k, (i, p) in enumerate(zip(asked, problems)):
         unique = {}
-        for j in np.flatnonzero(pool.problem == i):
+        for j in np.flatnonzero(pool.problem == k):
             unique.setdefault(pool.exprs[j].skeleton(), pool.exprs[j])
-        counts[i]["unique"] = len(unique)
         written = list(unique.values())
-        seeds.append([pipeline.unscale(e, p) for e in written] + written)
+        seeds[i] = [pipeline.unscale(e, p) for e in written] + written
+        counts[i], dropped[i] = {**asked_counts[k], "unique": len(unique)}, asked_dropped[k]
     return seeds, counts, dropped
+
+
+def readable(problems: list[FitProblem], loaded: LoadedModel) -> list[int]:
+    """The problems the model is asked about: those with no more variables than the
+    formulas it was trained on. Beyond them its samples are noise whose decoding costs
+    search time (the default model, trained on 1-3 variables, solves none of the Feynman
+    problems with 4 or more)."""
+    return [i for i, p in enumerate(problems) if p.n_selected <= loaded.trained_dimension]
 
 
 def _search_settings(settings: pipeline.FitSettings, clock: pipeline.Clock,

@@ -35,6 +35,10 @@ class LoadedModel:
     label: str            # e.g. "tiny (random weights, untrained)"
     untrained: bool
     stands_in_for_default: bool  # "default" was asked for, but this installation lacks it
+    # Most variables of the formulas it was trained on (its generator's setting, as ``jaxsr
+    # train`` records it; the input width for weights that do not say). Problems with more
+    # are beyond what it has learnt to read: the search does not ask it about them.
+    trained_dimension: int
 
     @property
     def max_features(self) -> int:
@@ -111,4 +115,12 @@ def _load(spec: str, stamp: float) -> LoadedModel:
         label = spec + (f" (converted from {Path(origin).name})" if origin else "")
     params = jax.tree.map(jnp.asarray, weights.params)
     return LoadedModel(weights.model, params, dict(weights.decoding), label, untrained,
-                       stands_in)
+                       stands_in, _trained_dimension(meta, weights.model.config))
+
+
+def _trained_dimension(meta: dict, config) -> int:
+    train_config = meta.get("source", {}).get("train_config")
+    if train_config is None:  # converted or hand-made weights: trust their input width
+        return config.max_input_dimension
+    generator = train_config.get("generator", {})  # the fields set, over the defaults
+    return int(generator.get("max_input_dimension", GeneratorConfig.max_input_dimension))
