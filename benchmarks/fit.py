@@ -88,7 +88,7 @@ def run_stages(loaded, settings, exprs) -> tuple[dict, dict]:
 
 
 def bench(loaded, n_candidates: int, max_len: int) -> dict:
-    settings = pipeline.FitSettings(
+    settings = pipeline.PipelineSettings(
         max_input_points=200, max_number_bags=1, n_candidates=n_candidates,
         decoding="sampling", temperature=float(loaded.decoding["beam_temperature"]),
         max_len=max_len, refine=True, max_iter=50, max_time=None, seed=0)

@@ -14,7 +14,7 @@ from jaxsr.regressor import inputs, pipeline
 RNG = np.random.default_rng(0)
 X = RNG.uniform(1, 3, (64, 2))
 Y = 2.0 * X[:, 0] + X[:, 1]
-SETTINGS = pipeline.FitSettings(
+SETTINGS = pipeline.PipelineSettings(
     max_input_points=32, max_number_bags=None, n_candidates=4, decoding="sampling",
     temperature=1.0, max_len=16, refine=True, max_iter=20, max_time=None, seed=0)
 

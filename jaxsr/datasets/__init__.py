@@ -32,8 +32,8 @@ STROGATZ = {
 
 
 @dataclasses.dataclass(frozen=True)
-class GroundTruthProblem:
-    """A regression problem with a known formula."""
+class BundledProblem:
+    """A bundled regression problem with its known formula."""
 
     name: str
     X: np.ndarray         # (N, D)
@@ -46,13 +46,13 @@ def _file(*parts: str):
     return importlib.resources.files(__package__).joinpath(*parts)
 
 
-def strogatz(name: str) -> GroundTruthProblem:
+def strogatz(name: str) -> BundledProblem:
     """One Strogatz system, e.g. ``strogatz("lv1")``: about 400 points of (x, y) -> x'."""
     if name not in STROGATZ:
         raise ValueError(f"unknown Strogatz system {name!r}; known: {', '.join(STROGATZ)}")
     with _file("strogatz", f"d_{name}.txt").open() as f:
         table = pd.read_csv(f)
-    return GroundTruthProblem(name, table[["x", "y"]].to_numpy(np.float64),
+    return BundledProblem(name, table[["x", "y"]].to_numpy(np.float64),
                    table["label"].to_numpy(np.float64), ("x", "y"), STROGATZ[name])
 
 

@@ -150,7 +150,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
             if self.verbose:
                 estimator._print_summary()
 
-    def _settings(self, loaded: models.LoadedModel, seed: int) -> pipeline.FitSettings:
+    def _settings(self, loaded: models.LoadedModel, seed: int) -> pipeline.PipelineSettings:
         """The parameters, checked (here rather than in __init__, as sklearn asks)."""
         max_points = self.max_input_points
         if max_points is None:
@@ -179,7 +179,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         if not isinstance(self.model_proposals, (bool, np.bool_)):
             raise TypeError(f"model_proposals must be True or False, "
                             f"got {self.model_proposals!r}")
-        return pipeline.FitSettings(
+        return pipeline.PipelineSettings(
             max_input_points=max_points, max_number_bags=self.max_number_bags,
             n_candidates=self.n_candidates, decoding=self.decoding,
             temperature=float(temperature), max_len=self.max_len, refine=bool(self.refine),

@@ -79,7 +79,7 @@ class ModelProposer:
     returned in the user's units and as written (see ``_seeds``)."""
 
     def __init__(self, loaded: LoadedModel, problems: list[FitProblem], rows: list[Rows],
-                 settings: pipeline.FitSettings, asked: list[int], requests_per_problem: int):
+                 settings: pipeline.PipelineSettings, asked: list[int], requests_per_problem: int):
         self.loaded, self.problems, self.rows = loaded, problems, rows
         self.asked = set(asked)  # the problems the model can read; others get nothing
         # Every call decodes this many bags (unused ones are copies): one compiled decoder
@@ -131,7 +131,7 @@ class ModelProposer:
 # ---------------------------------------------------------------------------- the pass
 
 
-def run(problems: list[FitProblem], loaded: LoadedModel, settings: pipeline.FitSettings,
+def run(problems: list[FitProblem], loaded: LoadedModel, settings: pipeline.PipelineSettings,
         clock: pipeline.Clock) -> list[pipeline.FitOutcome]:
     """Seeds, evolves and chooses for all ``problems`` at once."""
     rows = [Rows.split(p) for p in problems]
@@ -210,7 +210,7 @@ def readable(problems: list[FitProblem], loaded: LoadedModel) -> list[int]:
     return [i for i, p in enumerate(problems) if p.n_selected <= loaded.trained_dimension]
 
 
-def _search_settings(settings: pipeline.FitSettings, clock: pipeline.Clock,
+def _search_settings(settings: pipeline.PipelineSettings, clock: pipeline.Clock,
                      width: int) -> SearchSettings:
     generations = settings.generations
     remaining = None if clock.deadline is None else max(0.0, clock.remaining())

@@ -61,7 +61,7 @@ DROPPED_NON_FINITE = "not finite on the data"
 
 
 @dataclasses.dataclass(frozen=True)
-class FitSettings:
+class PipelineSettings:
     """The estimator's parameters that the pipeline reads, validated."""
 
     max_input_points: int
@@ -222,7 +222,7 @@ class Bags:
     problem: np.ndarray    # (B,) which problem each bag samples
 
 
-def make_bags(problems: list[FitProblem], settings: FitSettings, max_features: int) -> Bags:
+def make_bags(problems: list[FitProblem], settings: PipelineSettings, max_features: int) -> Bags:
     """Bags of at most ``max_input_points`` rows per problem, encoded as the model's tokens.
 
     A problem's rows are shuffled (seeded) and cut into bags of nearly equal size (not the
@@ -249,7 +249,7 @@ def make_bags(problems: list[FitProblem], settings: FitSettings, max_features: i
     return Bags(*pad_point_sets(sets, settings.max_input_points), np.asarray(owner, int))
 
 
-def rows_per_call(loaded: LoadedModel, n_points: int, settings: FitSettings) -> int:
+def rows_per_call(loaded: LoadedModel, n_points: int, settings: PipelineSettings) -> int:
     """Candidate rows one decoding call may hold: its key/value caches stay under
     DECODE_MEMORY_BYTES."""
     config = loaded.model.config
@@ -265,7 +265,7 @@ def decode_memory_bytes() -> int:
     return DECODE_MEMORY_BYTES
 
 
-def decode_bags(loaded: LoadedModel, bags: Bags, settings: FitSettings, clock: Clock):
+def decode_bags(loaded: LoadedModel, bags: Bags, settings: PipelineSettings, clock: Clock):
     """Token rows (B', n, L) and lengths (B', n) of the first B' bags: all of them unless
     max_time ran out (checked between calls; at least one call runs).
 
@@ -292,7 +292,7 @@ def decode_bags(loaded: LoadedModel, bags: Bags, settings: FitSettings, clock: C
     return np.concatenate(tokens), np.concatenate(lengths)
 
 
-def _generate(loaded: LoadedModel, ids, mask, settings: FitSettings, key, n: int):
+def _generate(loaded: LoadedModel, ids, mask, settings: PipelineSettings, key, n: int):
     return decode.generate(loaded.model, loaded.params, ids, mask, strategy=settings.decoding,
                            n=n, key=key, temperature=settings.temperature,
                            max_len=settings.max_len)
@@ -383,7 +383,8 @@ def dedupe(pool: Pool) -> Pool:
     return pool.take(sorted(best.values()))
 
 
-def refine(pool: Pool, problems: list[FitProblem], settings: FitSettings, clock: Clock) -> Pool:
+def refine(pool: Pool, problems: list[FitProblem], settings: PipelineSettings,
+           clock: Clock) -> Pool:
     """Unscales every candidate, then (with ``settings.refine``) refines all their constants
     in one ``refine_constants`` call on their problems' fit rows, in float64."""
     if not pool.exprs:
@@ -400,7 +401,7 @@ def refine(pool: Pool, problems: list[FitProblem], settings: FitSettings, clock:
     return _refine_constants(unscaled, problems, settings, clock)
 
 
-def _refine_constants(pool: Pool, problems: list[FitProblem], settings: FitSettings,
+def _refine_constants(pool: Pool, problems: list[FitProblem], settings: PipelineSettings,
                       clock: Clock) -> Pool:
     """``refine_constants`` on every candidate of ``pool`` (in the user's units), in rounds
     of ROUND_ITERATIONS while a deadline is set."""
@@ -487,7 +488,7 @@ def new_counts() -> dict:
     return {"bags": 0, "sampled": 0, "valid": 0, "unique": 0, "iterations": 0}
 
 
-def tokenise_and_decode(problems: list[FitProblem], loaded: LoadedModel, settings: FitSettings,
+def tokenise_and_decode(problems: list[FitProblem], loaded: LoadedModel, settings: PipelineSettings,
                         clock: Clock):
     """Bags of every problem and their decoded token rows (tokens, lengths); the bags of
     which only the first ``len(tokens)`` decoded before max_time ran out."""
@@ -507,7 +508,8 @@ def sampled_counts(bags: Bags, n_decoded: int, parsed: list[dict], n_problems: i
     return [{**new_counts(), **parsed[i], "bags": int(decoded[i])} for i in range(n_problems)]
 
 
-def sample(problems: list[FitProblem], loaded: LoadedModel, settings: FitSettings, clock: Clock):
+def sample(problems: list[FitProblem], loaded: LoadedModel, settings: PipelineSettings,
+           clock: Clock):
     """The paper's protocol up to ranking: every unique sampled formula of every problem,
     in the user's units (variables: selected features), refined. Returns the pool and the
     per-problem counters and drop reasons."""
@@ -526,7 +528,7 @@ def sample(problems: list[FitProblem], loaded: LoadedModel, settings: FitSetting
     return pool, counts, dropped
 
 
-def run(problems: list[FitProblem], loaded: LoadedModel, settings: FitSettings, clock: Clock):
+def run(problems: list[FitProblem], loaded: LoadedModel, settings: PipelineSettings, clock: Clock):
     """Every stage for all ``problems`` at once; returns one ``FitOutcome`` per problem."""
     pool, counts, dropped = sample(problems, loaded, settings, clock)
     with clock.stage("select"):
