@@ -3,7 +3,9 @@ one kind of mistake gets one wording wherever it is made."""
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
+from collections.abc import Mapping
 
 
 def int_problem(value, low: int = 1, high: int | None = None, *,
@@ -26,3 +28,13 @@ def check_int(name: str, value, low: int = 1, high: int | None = None) -> None:
     problem = int_problem(value, low, high)
     if problem:
         raise ValueError(f"{name} {problem}")
+
+
+def from_known_fields(cls, values: Mapping):
+    """``cls(**values)`` for a dataclass read from a file, with a ValueError naming the keys
+    that are not fields of ``cls`` (rather than the TypeError of an unexpected keyword)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}; known: {sorted(known)}")
+    return cls(**values)

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Mapping
 
-from jaxsr.checks import int_problem
+from jaxsr.checks import from_known_fields, int_problem
 from jaxsr.expr import operators, tokens
 
 # Operator weights in the reference's list order. The reference's
@@ -135,7 +135,7 @@ class GeneratorConfig:
     @classmethod
     def from_dict(cls, values: Mapping) -> GeneratorConfig:
         """A config from saved field values, earlier field names accepted."""
-        return cls(**with_current_names(values))
+        return from_known_fields(cls, with_current_names(values))
 
     def __post_init__(self):
         # Accept dicts and lists for the tuple fields, so configs read from JSON work.

@@ -11,7 +11,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from jaxsr.checks import int_problem
+from jaxsr.checks import from_known_fields, int_problem
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -98,11 +98,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {unknown}")
-        return cls(**values)
+        return from_known_fields(cls, values)
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from jaxsr.checks import int_problem
+from jaxsr.checks import from_known_fields, int_problem
 from jaxsr.data.config import GeneratorConfig, with_current_names
 from jaxsr.expr.tokens import DEFAULT_MAX_LEN
 from jaxsr.model.config import COMPUTE_DTYPES, CONFIGS, ModelConfig, get_config
@@ -119,11 +119,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_known_fields(cls, values)
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
