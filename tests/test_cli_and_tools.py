@@ -1,6 +1,5 @@
 """The command line, metrics, bundled data and the benchmark's JSON contract."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import pytest
 from jaxsr import cli, datasets
 from jaxsr.expr import Expr, compile_programs, evaluate_programs
 from jaxsr.metrics import accuracy_tau, r2_score
+
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,17 +65,10 @@ def test_metrics():
     assert accuracy_tau(y, y * np.array([1, 1, 1, 2.0]), 0.1) == 0.0
 
 
-def _benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_evaluate_benchmark_times_the_same_values_on_both_sides():
     """The speed-up compares like with like: a fixed workload of the promised sizes, which
     the batched interpreter and the numpy loop evaluate to the same values."""
-    bench = _benchmark("evaluate")
+    bench = load_benchmark("evaluate")
     pool = bench.skeleton_mix(16)
     assert [e.prefix() for e in pool] == [e.prefix() for e in bench.skeleton_mix(16)]
     assert all(15 <= len(e.prefix()) <= 30 for e in pool)

@@ -292,11 +292,20 @@ def test_huge_magnitudes_are_standardised():
     assert est.equations_.loc[0, "r2"] > 1 - 1e-12
 
 
-def test_verbose_prints_progress_and_timings(capsys):
-    tiny(verbose=1).fit(X_LINE, Y_LINE)
-    out = capsys.readouterr().out
-    assert "model tiny (random weights, untrained)" in out
-    assert "seconds: tokenise " in out and "fallback:" in out
+def test_verbose_prints_this_fit_s_counts_timings_and_answer(capsys):
+    est = tiny(verbose=1).fit(X_LINE, Y_LINE)
+    lines = capsys.readouterr().out.splitlines()
+    info = est.fit_info_
+    assert lines[0] == "jaxsr: model tiny (random weights, untrained)"
+    assert lines[1].startswith(f"  {info['bags']} bag(s), {info['sampled']} sampled, "
+                               f"{info['valid']} valid, {info['unique']} unique")
+    printed = dict(item.split(" ") for item in lines[2].removeprefix("  seconds: ").split(", "))
+    assert list(printed) == list(est.timings_)  # tokenise, decode, ..., total
+    for stage, seconds in est.timings_.items():
+        assert float(printed[stage]) == pytest.approx(seconds, abs=0.005)
+    best_r2 = float(lines[3].split("(R2 ")[1].split(",")[0])
+    assert best_r2 == pytest.approx(est.equations_.loc[est.best_index_, "r2"], rel=1e-5)
+    assert lines[4] == f"  fallback: {est.fallback_}" and est.fallback_
 
 
 # ---------------------------------------------------------------------------- bad input

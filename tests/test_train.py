@@ -28,7 +28,6 @@ from jaxsr.train import (
     Checkpoints,
     NonFiniteLossError,
     TrainConfig,
-    apply_overrides,
     export_weights,
     inverse_sqrt_schedule,
     load_config,
@@ -522,8 +521,14 @@ def test_two_hosts_match_one_host(reference, tmp_path, setup_file):
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
 
 
-def test_train_is_reachable_from_the_package():
-    import jaxsr
+def test_the_lazy_train_package_resolves_every_exported_name_and_only_those():
+    import jaxsr.train as package
 
-    assert jaxsr.train.train is train and jaxsr.TrainConfig is TrainConfig
-    assert apply_overrides(TrainConfig(), ["steps=5"]).steps == 5
+    for name in package.__all__:  # each resolves through the lazy table, none is missing
+        value = getattr(package, name)
+        assert isinstance(value, dict) if name == "RECIPES" else value.__name__ == name
+    with pytest.raises(AttributeError, match="has no attribute 'trian'"):
+        package.trian
+    # The module docstring's example, up to the call that would train.
+    config = package.load_config("tiny", ["workdir=runs/tiny", "steps=200"])
+    assert (config.workdir, config.steps, config.model) == ("runs/tiny", 200, "tiny")
