@@ -184,6 +184,17 @@ def test_gradient_with_respect_to_X_sums_every_read_of_a_row():
     np.testing.assert_allclose(grad, expected, rtol=1e-6)
 
 
+def test_pairwise_sum_of_block_sums_keeps_the_bits():
+    # Sums over points run in power-of-two blocks whose size depends on the batch.
+    x = np.random.default_rng(3).standard_normal((50, 37)).astype(np.float32)
+    x *= 10.0 ** np.random.default_rng(4).uniform(-3, 3, x.shape).astype(np.float32)
+    whole = np.asarray(interpreter.pairwise_sum(jnp.asarray(x)))
+    for size in (1, 8, 16, 32):
+        blocks = np.pad(x, ((0, 0), (0, -(-37 // size) * size - 37))).reshape(50, -1, size)
+        sums = interpreter.pairwise_sum(jnp.asarray(blocks))
+        np.testing.assert_array_equal(interpreter.pairwise_sum(sums), whole)
+
+
 def test_point_blocks_give_the_same_values_and_gradients(monkeypatch):
     # A tiny block budget forces the blocked forward and the rematerialising backward.
     exprs = random_batch(15, unary=("exp", "sin", "sqrt", "log", "inv"), leaf_probs=(0.5, 0.5, 0.0))

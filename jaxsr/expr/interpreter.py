@@ -184,19 +184,21 @@ def x_cotangents(frame: Frame, cot):
 
 
 def pairwise_sum(x, axis: int = -1):
-    """Sum along ``axis`` in a fixed pairwise order: pad to a power of two, add halves.
+    """Sum along ``axis`` in a fixed pairwise order: pad to a power of two, add neighbours.
 
     Unlike ``jnp.sum``, whose order XLA picks from the whole array's shape, the result for
     one row does not depend on how many rows are summed alongside it, and padding with zeros
-    to any larger power of two gives the same bits. This is what makes a candidate's loss and
-    gradient identical whether it is evaluated alone or in a batch.
+    to any larger power of two gives the same bits. Adding neighbours (not halves) makes
+    every aligned power-of-two block a subtree of the order, so summing blocks of points
+    first and then the blocks' sums gives the same bits too. This is what makes a
+    candidate's loss and gradient identical whether it is evaluated alone or in a batch
+    (whose size decides the blocks).
     """
     x = jnp.moveaxis(x, axis, -1)
     size = 1 << max(0, (x.shape[-1] - 1).bit_length())
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - x.shape[-1])])
     while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        x = x[..., :half] + x[..., half:]
+        x = x[..., 0::2] + x[..., 1::2]
     return x[..., 0]
 
 
