@@ -451,6 +451,7 @@ def result_row(job: Job, problem: GroundTruthProblem, fitted: Fitted | None, pre
 
 
 WARM_UP_BUDGETS = 4
+WARM_UP_COLUMNS = 2
 
 
 def warm_up(method: Method, problem: GroundTruthProblem, seed: int, run: RunSettings,
@@ -458,13 +459,18 @@ def warm_up(method: Method, problem: GroundTruthProblem, seed: int, run: RunSett
     """One untimed fit, so that compilation (jaxsr) or starting worker processes (gplearn on
     several threads) is not charged to the first timed problem.
 
-    The fit sees the problem with noise added and WARM_UP_BUDGETS times the budget: a run
-    that solves its problem at once, or spends its budget compiling, stops before the
-    stages that compile last (jaxsr's model proposals come every 10 generations)."""
+    The fit sees the problem with noise added, only its first WARM_UP_COLUMNS columns, and
+    WARM_UP_BUDGETS times the budget: a run that solves its problem at once, or spends its
+    budget compiling, stops before the stages that compile last (jaxsr's model proposals
+    come when the search stalls), and jaxsr's model is asked only about problems with as
+    few variables as it was trained on (its search pads every problem to the same width,
+    so fewer columns compile nothing less)."""
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     noisy = dataclasses.replace(
-        problem, y_train=problem.y_train + 0.1 * np.std(problem.y_train)
+        problem, X_train=problem.X_train[:, :WARM_UP_COLUMNS],
+        X_test=problem.X_test[:, :WARM_UP_COLUMNS],
+        y_train=problem.y_train + 0.1 * np.std(problem.y_train)
         * rng.standard_normal(len(problem.y_train)))
     fit_and_predict(method, noisy, seed,
                     dataclasses.replace(run, budget=WARM_UP_BUDGETS * run.budget))
