@@ -60,8 +60,11 @@ def test_smoke_run_reports_every_part(tmp_path):
             for key in path:
                 value = value[key]
             assert number(value) or named_error(value), (part, path, value)
-    assert report["refine"]["target_candidates_per_second_at_8192"] == 50_000
-    assert report["train"]["target_mfu"] == 0.30
+    targets = {"refine": ("target_candidates_per_second_at_8192", 50_000),
+               "train": ("target_mfu", 0.30)}
+    for part, (key, target) in targets.items():
+        if "error" not in report[part]:  # a part that timed out (checked above) has none
+            assert report[part][key] == target, (part, report[part])
 
 
 def test_a_failing_part_is_named_and_the_others_still_report(tmp_path):
