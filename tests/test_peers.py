@@ -274,7 +274,9 @@ def test_peer_formulas_are_their_models_in_the_columns_names(name):
     run = peers.RunSettings(budget=1.0)
     start = peers.time.perf_counter()
     fitted = method.fit(X, y, 0, run)
-    assert peers.time.perf_counter() - start < run.budget + 1.5  # the budget holds
+    # The budget stops the run: without it gplearn would evolve 100,000 generations. The
+    # margin is wide so that a loaded machine does not fail it (speed lives in benchmarks/).
+    assert peers.time.perf_counter() - start < 3 * run.budget + 3
     assert {str(s) for s in fitted.formula.free_symbols} <= {"x_0", "x_1", "x_2"}
     np.testing.assert_allclose(_formula_values(fitted.formula, X), fitted.predict(X),
                                rtol=1e-4, atol=1e-6)
