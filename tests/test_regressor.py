@@ -479,6 +479,28 @@ def test_evolve_asks_the_model_only_about_problems_it_was_trained_to_read(toy_mo
     assert SymbolicTransformerRegressor(toy_model, **params).fit(X, y).fit_info_["bags"] > 0
 
 
+def test_proposer_decodes_only_for_the_problems_it_may_ask_about(toy_model):
+    from jaxsr.regressor import evolution, pipeline
+    from jaxsr.regressor.inputs import prepare
+    from jaxsr.regressor.models import resolve
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.5, 2.0, (100, 2))
+    y = X[:, 0] * X[:, 1]
+    problems = [prepare(X, y, np.ones(100), ["x_0", "x_1"], max_features=10, seed=s)
+                for s in (0, 1)]
+    rows = [evolution.Rows.split(p) for p in problems]
+    settings = pipeline.PipelineSettings(
+        max_input_points=50, max_number_bags=1, n_candidates=4, decoding="sampling",
+        temperature=1.0, max_len=16, refine=False, max_iter=0, max_time=None, seed=0)
+    proposer = evolution.ModelProposer(resolve(toy_model), problems, rows, settings,
+                                       asked=[1], requests_per_problem=2)
+    target = y[rows[0].search]
+    found = proposer([(0, target), (1, y[rows[1].search])], seed=0)
+    assert found[0] == [] and len(found[1]) > 0  # problem 0 is not asked about
+    assert proposer([(0, target)], seed=0) == [[]]
+
+
 def test_evolve_finds_a_linear_law_where_the_model_does_not():
     # sklearn's check_regressors_train asks for R2 > 0.5 on such data: the linear baseline
     # always competes in the search, so even random weights pass.
