@@ -394,3 +394,13 @@ def test_fitted_sum_writes_every_coefficient_in():
     formula = fitted_sum(terms, a, b)
     np.testing.assert_allclose(formula.evaluate(X), expected, rtol=1e-12)
     assert "x_0" in formula.infix() and "sin" in formula.infix()
+
+
+def test_fitted_sum_merges_equal_terms():
+    from jaxsr.search.engine import fitted_sum
+
+    X = np.random.default_rng(0).uniform(0.5, 2.0, (10, 2))
+    x, xy = Expr.from_sympy("x", ["x", "y"]), Expr.from_sympy("x*y", ["x", "y"])
+    formula = fitted_sum([x, xy, x], 0.5, [1.5, -2.0, 1.5])
+    np.testing.assert_allclose(formula.evaluate(X), 0.5 + 3 * X[:, 0] - 2 * X[:, 0] * X[:, 1])
+    assert formula.infix().count("x_0") == 2  # one x term (3 x) and the x*y term

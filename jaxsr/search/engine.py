@@ -714,10 +714,15 @@ def split_free_sum(constants: np.ndarray, terms: Sequence[Expr]):
 
 
 def fitted_sum(terms: Sequence[Expr], intercept: float, coefficients) -> Expr:
-    """``a + b_1 t_1 + ...`` as it reads best: b taken into a term's leading constant factor,
-    terms without variables added into a, terms with b = 0 left out."""
-    body = None
+    """``a + b_1 t_1 + ...`` as it reads best: equal terms merged (x + x shares one weight
+    between two copies in the least squares: 1.5 x + 1.5 x is written 3 x), b taken into a
+    term's leading constant factor, terms without variables added into a, terms with b = 0
+    left out."""
+    merged: dict[Expr, float] = {}
     for t, b in zip(terms, coefficients):
+        merged[t] = merged.get(t, 0.0) + float(b)
+    body = None
+    for t, b in merged.items():
         if b == 0.0:
             continue
         if not t.variables():
