@@ -684,6 +684,9 @@ def _best_per_problem(population: _Population, among: np.ndarray, k: int) -> np.
     return np.sort(order[place < k])
 
 
+# ---------------------------------------------------------------------------- formulas
+
+
 def _formula(population: _Population, row: int) -> Expr:
     """Row ``row`` with its fitted intercept and term coefficients written in."""
     genomes = population.genomes.take([row])
