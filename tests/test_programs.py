@@ -210,7 +210,8 @@ def test_point_blocks_give_the_same_values_and_gradients(monkeypatch):
         return np.asarray(values), *(np.asarray(g) for g in grads)
 
     whole = value_and_grad()
-    monkeypatch.setattr(interpreter, "BLOCK_BYTES", 4096)
+    for budget in ("FORWARD_BLOCK_BYTES", "SWEEP_BLOCK_BYTES"):
+        monkeypatch.setattr(interpreter, budget, 4096)
     x_rows = jnp.zeros((3, 37))
     assert interpreter.forward_block_points(progs, x_rows) < 37 / 3
     assert interpreter.sweep_block_points(progs, x_rows) < 37 / 3
@@ -225,7 +226,8 @@ def test_taps_read_subtree_values_from_the_same_pass(block_bytes, monkeypatch):
     from jaxsr.search.population import Genomes, Structure, to_nodes
 
     if block_bytes:
-        monkeypatch.setattr(interpreter, "BLOCK_BYTES", block_bytes)
+        for budget in ("FORWARD_BLOCK_BYTES", "SWEEP_BLOCK_BYTES"):
+            monkeypatch.setattr(interpreter, budget, block_bytes)
 
     exprs = [Expr.from_sympy(f, ["x", "y"]) for f in ("sin(x)*y + exp(y)", "x - 2.5*y")]
     genomes, _ = Genomes.from_exprs(exprs, 16)

@@ -205,7 +205,7 @@ def test_fused_loss_and_gradients_match_autodiff_and_keep_their_bits_in_point_bl
                                  jnp.asarray(np.stack([weight] * 8)),
                                  jnp.arange(8, dtype=jnp.int32), jnp.asarray(1 / Y.var(axis=1)))
         consts = jnp.asarray(programs.constants)
-        # Compiled, as in the solvers (a fresh function traces anew, reading BLOCK_BYTES).
+        # Compiled, as in the solvers (a fresh function traces anew, reading the block budgets).
         fused = lambda: jax.jit(lambda c: problem.losses_and_grads(c))(consts)
         losses, grads = fused()
         np.testing.assert_allclose(losses, problem.losses(consts), rtol=1e-12)
@@ -213,7 +213,8 @@ def test_fused_loss_and_gradients_match_autodiff_and_keep_their_bits_in_point_bl
         np.testing.assert_allclose(grads, expected, rtol=1e-9, atol=1e-12)
         assert np.all(np.asarray(grads)[~programs.constant_mask] == 0)
 
-        monkeypatch.setattr(interpreter, "BLOCK_BYTES", 4096)  # points now run in blocks
+        for budget in ("FORWARD_BLOCK_BYTES", "SWEEP_BLOCK_BYTES"):  # points now run in blocks
+            monkeypatch.setattr(interpreter, budget, 4096)
         assert interpreter.sweep_block_points(programs, interpreter.point_rows(problem.X)) < 16
         blocked = fused()
         np.testing.assert_array_equal(blocked[1], grads)

@@ -19,6 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxsr.expr.compiler import assemble
 from jaxsr.expr.interpreter import evaluate_taps
@@ -110,10 +111,35 @@ def score(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64) -
     return Scores(np.where(np.isfinite(nmse), nmse, np.inf), a, b, terms.count)
 
 
-@jax.jit
+# Candidates per block of the least-squares step. Its dozen passes over the term values
+# stay in the cache for a block, instead of streaming the whole population's values from
+# memory on every pass (measured on a 2-core x86 CPU: 4,096 candidates on 256 points in
+# 13 ms, against 26 ms in one piece).
+SCALING_ROWS = 128
+
+
 def _scaled_errors(programs, X, y, weight, problem, used):
     f = evaluate_taps(programs, X, problem)
-    return term_scaling(f, y[problem], weight[problem], used)
+    return _blocked_scaling(f, y, weight, problem, used)
+
+
+# A separate compiled call: inside the evaluator's jit, XLA compiled the same blocks to
+# code that took 1.7x as long (measured).
+@jax.jit
+def _blocked_scaling(f, y, weight, problem, used):
+    return over_row_blocks(term_scaling, (f, y[problem], weight[problem], used), SCALING_ROWS)
+
+
+def over_row_blocks(fn, arrays, rows: int):
+    """``fn(*arrays)`` computed ``rows`` rows (leading axis) at a time, the last block
+    padded with zeros; ``fn`` must treat rows independently."""
+    B = arrays[0].shape[0]
+    rows = min(rows, B)
+    n_blocks = -(-B // rows)
+    pad = lambda a: jnp.pad(a, [(0, n_blocks * rows - B)] + [(0, 0)] * (a.ndim - 1))
+    split = lambda a: pad(a).reshape(n_blocks, rows, *a.shape[1:])
+    out = lax.map(lambda block: fn(*block), tuple(split(a) for a in arrays))
+    return jax.tree.map(lambda o: o.reshape(n_blocks * rows, *o.shape[2:])[:B], out)
 
 
 def term_scaling(f, y, weight, used):
@@ -135,31 +161,30 @@ def term_scaling(f, y, weight, used):
     # Loops over the K (static, small) terms on (B, N) slices: the (B, K, K, N) products of
     # a batched Gram matrix cost several times more memory traffic on a CPU.
     total = lambda v: jnp.sum(weight * v, axis=-1)
-    terms = [f[:, k] for k in range(K)]
-    mean_f = [total(t) for t in terms]
+    mean_f = [total(f[:, k]) for k in range(K)]
     mean_y = total(y)
     dy = y - mean_y[:, None]
-    centred = [t - m[:, None] for t, m in zip(terms, mean_f)]
-    variance = jnp.stack([total(c * c) for c in centred], 1)
-    mean_f = jnp.stack(mean_f, 1)
-    informative = used & (variance > 1e-12 * mean_f * mean_f + 1e-300)
-    scale = jnp.sqrt(jnp.where(informative, variance, 1.0))
-    z = [jnp.where(informative[:, k, None], c / scale[:, k, None], 0.0)
-         for k, c in enumerate(centred)]
-    # Gram matrix of the standardised terms (a correlation matrix); unused terms sit on the
-    # identity so that every system is regular.
+    centred = [f[:, k] - m[:, None] for k, m in enumerate(mean_f)]
     gram = [[None] * K for _ in range(K)]
     for i in range(K):
         for j in range(i, K):
-            gram[i][j] = gram[j][i] = total(z[i] * z[j])
+            gram[i][j] = gram[j][i] = total(centred[i] * centred[j])
     gram = jnp.stack([jnp.stack(row, -1) for row in gram], -2)
+    rhs = jnp.stack([total(c * dy) for c in centred], 1)
+    variance = jnp.diagonal(gram, axis1=1, axis2=2)
+    mean_f = jnp.stack(mean_f, 1)
+    informative = used & (variance > 1e-12 * mean_f * mean_f + 1e-300)
+    # The system is solved for the standardised terms, whose Gram matrix is a correlation
+    # matrix; uninformative terms sit on the identity so that every system is regular.
+    scale = jnp.sqrt(jnp.where(informative, variance, 1.0))
+    both = informative[:, :, None] & informative[:, None, :]
+    corr = jnp.where(both, gram / (scale[:, :, None] * scale[:, None, :]), 0.0)
     ridge = jnp.where(informative, RIDGE_EPSILONS * jnp.finfo(f.dtype).eps, 1.0)
-    gram = gram + ridge[:, :, None] * jnp.eye(K, dtype=f.dtype)
-    rhs = jnp.stack([total(zk * dy) for zk in z], 1)
-    beta = jnp.where(informative, jnp.linalg.solve(gram, rhs[..., None])[..., 0], 0.0)
-    residual = dy - sum(beta[:, k, None] * z[k] for k in range(K))
+    corr = corr + ridge[:, :, None] * jnp.eye(K, dtype=f.dtype)
+    beta = jnp.linalg.solve(corr, (rhs / scale)[..., None])[..., 0]
+    slope = jnp.where(informative, beta, 0.0) / scale
+    residual = dy - sum(slope[:, k, None] * centred[k] for k in range(K))
     mse = total(residual * residual)
-    slope = beta / scale
     intercept = mean_y - jnp.sum(slope * mean_f, axis=1)
     ok = (finite & jnp.isfinite(mse) & jnp.all(jnp.isfinite(slope), axis=1)
           & jnp.isfinite(intercept))
