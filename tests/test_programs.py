@@ -244,3 +244,21 @@ def test_taps_read_subtree_values_from_the_same_pass(block_bytes, monkeypatch):
         np.testing.assert_allclose(values[i, 0], e.evaluate(X[0]), rtol=1e-6)
         np.testing.assert_allclose(values[i, 1], e.children[0].evaluate(X[0]), rtol=1e-6)
         assert np.all(values[i, 2] == 0)
+
+
+def test_programs_assembled_without_gradient_tables_evaluate_but_refuse_a_gradient():
+    from jaxsr.search.population import Genomes, Structure, to_nodes
+
+    exprs = [Expr.from_sympy(f, ["x", "y"]) for f in ("sin(x)*y + 1.5", "x - 2.5*y")]
+    genomes, _ = Genomes.from_exprs(exprs, 16)
+    nodes = to_nodes(genomes, Structure.of(genomes))
+    full = assemble(nodes, ProgramSize(16, 16, 16), taps=nodes.root[:, None])
+    lean = assemble(nodes, ProgramSize(16, 16, 16), taps=nodes.root[:, None], gradients=False)
+    assert lean.parent is None and lean.const_position is None
+    X = np.random.default_rng(0).uniform(0.5, 2.0, (1, 20, 2))
+    index = np.zeros(2, np.int32)
+    np.testing.assert_array_equal(np.asarray(evaluate_taps(lean, X, index)),
+                                  np.asarray(evaluate_taps(full, X, index)))
+    loss = lambda c: jnp.sum(evaluate_programs(lean, X[0], c))
+    with pytest.raises(ValueError, match="without the reverse sweep"):
+        jax.grad(loss)(jnp.asarray(lean.constants, jnp.float32))

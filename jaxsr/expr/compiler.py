@@ -117,8 +117,8 @@ class Programs:
     chunk_count: np.ndarray   # (n_chunk_slots,) nodes in the chunk (<= chunk)
     chunk_opcode: np.ndarray  # (n_chunk_slots,) index into operators.FUNCTIONS
     n_chunks: np.ndarray      # () chunks in use
-    parent: np.ndarray        # (RB + chunk,) cotangent row of each node (see CotangentRows)
-    const_position: np.ndarray  # (B * K,) cotangent row of each constant slot
+    parent: np.ndarray | None  # (RB + chunk,) cotangent row of each node (CotangentRows);
+    const_position: np.ndarray | None  # (B * K,) that of each constant slot (None: no sweep)
     constants: np.ndarray     # (B, K) float64, prefix order
     constant_mask: np.ndarray # (B, K) bool, slots in use
     n_variables: np.ndarray   # () 1 + the largest variable index used (0 if none)
@@ -258,12 +258,14 @@ class Nodes:
 
 
 def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None,
-             taps: np.ndarray | None = None) -> Programs:
+             taps: np.ndarray | None = None, gradients: bool = True) -> Programs:
     """The interpreter's tables for ``nodes`` (host-side numpy work, no per-program loop).
 
     The caller guarantees that the programs fit ``size`` (``ProgramSize.check``). ``taps``:
     global node indices (any shape, -1 for "the number 0") whose values ``evaluate_taps``
-    returns besides the roots, read from the same forward pass.
+    returns besides the roots, read from the same forward pass. ``gradients=False`` leaves
+    out the reverse sweep's tables (for callers that only evaluate, such as the search's
+    scoring).
     """
     B, K = len(nodes.root), size.constants
     chunk = chunk or default_chunk(B * size.ops)
@@ -301,8 +303,9 @@ def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None,
     constants = np.zeros((B, K))
     constants[:, :width] = nodes.constants[:, :width]
     mask = np.arange(K) < nodes.n_constants[:, None]
-    parent, const_position = _cotangent_rows(kind, arg, program, node_index, kids,
-                                             nodes.root, RB + chunk, K)
+    parent, const_position = (_cotangent_rows(kind, arg, program, node_index, kids,
+                                              nodes.root, RB + chunk, K)
+                              if gradients else (None, None))
     used = arg[kind == KIND_VAR]
     # The interpreter's tables go to the device once; constants stay on the host in float64.
     tables = jax.device_put((operands, roots, pad(starts), pad(counts), pad(opcodes),

@@ -149,6 +149,9 @@ def reverse_sweep(frame: Frame, buf, g):
     """Cotangent of every operand, (rows.total, Nb) in the ``CotangentRows`` layout, given
     the value buffer of a block of points and the roots' cotangent g (B, Nb)."""
     p = frame.p
+    if p.parent is None:
+        raise ValueError("these programs were assembled without the reverse sweep's tables "
+                         "(assemble(..., gradients=False)): they cannot be differentiated")
     rows = CotangentRows(p.n_node_rows, p.n_programs)
     n_points = buf.shape[1]
     cot = jnp.concatenate([jnp.zeros((rows.roots, n_points), buf.dtype), g.astype(buf.dtype),

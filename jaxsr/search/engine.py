@@ -617,9 +617,11 @@ class _Search:
         keep = selection.unique_best(merged.genomes.skeleton_keys(), merged.problem,
                                      merged.scores.nmse)
         merged = merged.take(keep)
-        ranks = selection.pareto_ranks(merged.scores.nmse, merged.complexity, merged.problem,
-                                       enough=1)
+        ranks = selection.pareto_ranks(merged.scores.nmse, merged.complexity, merged.problem)
         front = merged.take(np.flatnonzero((ranks == 0) & np.isfinite(merged.scores.nmse)))
+        # Members equal on both objectives share the front; one of them is enough.
+        front = front.take(selection.unique_best(front.complexity, front.problem,
+                                                 front.scores.nmse))
         return front.take(np.argsort(front.problem, kind="stable"))
 
     def best_r2(self, archive: _Population) -> np.ndarray:

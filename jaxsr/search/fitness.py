@@ -99,7 +99,7 @@ def score(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64) -
     nodes = to_nodes(genomes, structure)
     # The terms' values are read from the formulas' own evaluation (one pass).
     taps = np.where(terms.used, nodes.root[:, None] + terms.start, -1)
-    programs = assemble(nodes, program_size(genomes), taps=taps)
+    programs = assemble(nodes, program_size(genomes), taps=taps, gradients=False)
     # A constant beyond float32's range becomes inf in its own lane (scored inf): not an
     # error worth a warning.
     with jax.enable_x64(np.dtype(dtype) == np.float64), np.errstate(over="ignore"):

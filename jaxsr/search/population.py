@@ -167,20 +167,22 @@ class Structure:
     def of(genomes: Genomes) -> Structure:
         P, L = genomes.kind.shape
         ar = arity(genomes)
-        end = np.zeros((P, L + 1), np.int32)
-        end[:, L] = L
-        height = np.zeros((P, L + 1), np.int32)
-        rows = np.arange(P)
+        # Position-major (L, P) arrays: each step reads and writes contiguous rows.
+        arity_at = ar.T
+        end = np.empty((L + 1, P), np.int32)
+        end[L] = L
+        height = np.zeros((L + 1, P), np.int32)
+        flat_end, flat_height = end.reshape(-1), height.reshape(-1)
+        columns = np.arange(P)
         for t in range(L - 1, -1, -1):
-            first_end = end[:, t + 1]
-            second = np.minimum(first_end, L)
-            end[:, t] = np.where(ar[:, t] == 0, t + 1,
-                                 np.where(ar[:, t] == 1, first_end, end[rows, second]))
-            tallest = np.where(ar[:, t] == 2,
-                               np.maximum(height[:, t + 1], height[rows, second]),
-                               height[:, t + 1])
-            height[:, t] = np.where(ar[:, t] == 0, 0, 1 + tallest)
-        return Structure(end[:, :L], height[:, :L], ar)
+            a, first_end = arity_at[t], end[t + 1]
+            at_second = np.minimum(first_end, L) * P + columns  # where operand 2 starts
+            end[t] = np.where(a == 0, t + 1, np.where(a == 1, first_end, flat_end[at_second]))
+            tallest = np.where(a == 2, np.maximum(height[t + 1], flat_height[at_second]),
+                               height[t + 1])
+            height[t] = np.where(a == 0, 0, tallest + 1)
+        return Structure(np.ascontiguousarray(end[:L].T), np.ascontiguousarray(height[:L].T),
+                         ar)
 
 
 def program_size(genomes: Genomes) -> ProgramSize:

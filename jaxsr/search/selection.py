@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 SELECTIONS = ("nsga2", "elitist")
-UNRANKED = np.iinfo(np.int64).max
 
 
 def unique_best(keys: np.ndarray, problem: np.ndarray, nmse: np.ndarray) -> np.ndarray:
@@ -21,48 +20,62 @@ def unique_best(keys: np.ndarray, problem: np.ndarray, nmse: np.ndarray) -> np.n
     return np.sort(order[first])
 
 
-def pareto_ranks(nmse: np.ndarray, complexity: np.ndarray, problem: np.ndarray,
-                 enough: int | None = None) -> np.ndarray:
+def pareto_ranks(nmse: np.ndarray, complexity: np.ndarray, problem: np.ndarray) -> np.ndarray:
     """Non-domination rank of every row within its problem (0: the Pareto front of error
-    against complexity; then the front of what is left, and so on).
+    against complexity; then the front of what is left, and so on). Rows equal on both
+    objectives share a rank.
 
     A row is dominated when another row of its problem is no worse on both objectives and
-    better on one. With integer complexities a front is found in one vectorised pass:
-    sorted by (problem, complexity, error), a row is on it when it is the best at its
-    complexity and its error is below every error at lower complexity.
+    better on one, so its rank is one more than the highest rank among the rows that
+    dominate it. Integer complexities take few values: the rows are ranked one complexity
+    level at a time, all problems together, in vectorised steps.
 
-    Args:
-      enough: stop once every problem has at least this many ranked rows; the rest get
-        rank ``UNRANKED`` (selection never needs them).
+    * From lower levels, the rows of error <= e dominate a row of error e: a running
+      maximum of (rank + 1) over the rows sorted by (problem, error) (``floor``) answers
+      for every error at once.
+    * Within a level, rows of lower error dominate: the rank of the row with the d-th
+      lowest error is ``d + max over d' <= d of (floor - d')``, another running maximum.
     """
     n = len(nmse)
-    rank = np.full(n, UNRANKED, np.int64)
     if n == 0:
-        return rank
-    # Errors as dense integer ranks, offset so that every earlier problem's values exceed
-    # every later problem's: one running minimum over the whole sorted array then never
-    # carries a value across a problem boundary.
-    levels = np.unique(nmse, return_inverse=True)[1].reshape(-1).astype(np.int64)
-    n_problems = int(problem.max()) + 1
-    key = levels + (n_problems - 1 - problem.astype(np.int64)) * (n + 1)
-    left = np.lexsort((nmse, complexity, problem))
-    counted = np.zeros(n_problems, np.int64)
-    r = 0
-    while len(left):
-        p, c, k = problem[left], complexity[left], key[left]
-        new_problem = np.concatenate([[True], p[1:] != p[:-1]])
-        first_at_c = new_problem | np.concatenate([[True], c[1:] != c[:-1]])
-        before = np.minimum.accumulate(np.concatenate([[UNRANKED], k[:-1]]))
-        # A problem's simplest remaining row is always on its front (even at infinite
-        # error), so every pass removes at least one row per problem and the loop ends.
-        on_front = first_at_c & ((k < before) | new_problem)
-        rank[left[on_front]] = r
-        counted += np.bincount(p[on_front], minlength=n_problems)
-        left = left[~on_front]
-        r += 1
-        if enough is not None and np.all(counted >= enough):
-            break
+        return np.zeros(0, np.int64)
+    problem = problem.astype(np.int64)
+    error = np.unique(nmse, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    # Position of each row in (problem, error) order, and the last position of its ties:
+    # a row's floor is read there, so that rows of equal error count as no worse.
+    by_error = np.lexsort((error, problem))
+    position = np.empty(n, np.int64)
+    position[by_error] = np.arange(n)
+    group = np.concatenate([[True], (np.diff(problem[by_error]) != 0)
+                            | (np.diff(error[by_error]) != 0)])
+    last_tie = np.r_[np.flatnonzero(group)[1:], n] - 1
+    last = last_tie[np.cumsum(group) - 1][position]
+    problem_at = problem[by_error]
+
+    rank = np.zeros(n, np.int64)
+    reached = np.zeros(n, np.int64)  # rank + 1 of the ranked rows, at their positions
+    floor = np.zeros(n, np.int64)    # running maximum of ``reached`` within each problem
+    for level in np.unique(complexity):
+        rows = np.flatnonzero(complexity == level)
+        rows = rows[np.lexsort((error[rows], problem[rows]))]
+        p, e = problem[rows], error[rows]
+        start = np.concatenate([[True], np.diff(p) != 0])
+        step = np.concatenate([[0], ((np.diff(e) != 0) & ~start[1:]).astype(np.int64)])
+        segment = np.cumsum(start)
+        d = np.cumsum(step)
+        d -= d[np.flatnonzero(start)][segment - 1]          # distinct errors below, in level
+        best = _running_max(floor[last[rows]] - d, segment)
+        rank[rows] = d + best
+        np.maximum.at(reached, position[rows], rank[rows] + 1)
+        floor = _running_max(reached, problem_at)
     return rank
+
+
+def _running_max(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """Cumulative maximum restarting at every change of the non-decreasing ``segment``."""
+    span = values.max(initial=0) - values.min(initial=0) + 1
+    offset = (segment - segment[0]) * span if len(segment) else segment
+    return np.maximum.accumulate(values + offset) - offset
 
 
 def front(nmse: np.ndarray, complexity: np.ndarray) -> np.ndarray:
@@ -80,9 +93,9 @@ def survivors(nmse, complexity, problem, per_problem: int, method: str) -> np.nd
     "elitist": by error alone, ties to lower complexity, plus the Pareto front.
     """
     if method == "nsga2":
-        primary = pareto_ranks(nmse, complexity, problem, enough=per_problem)
+        primary = pareto_ranks(nmse, complexity, problem)
     elif method == "elitist":
-        primary = np.where(pareto_ranks(nmse, complexity, problem, enough=1) == 0, 0, 1)
+        primary = np.where(pareto_ranks(nmse, complexity, problem) == 0, 0, 1)
     else:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {method!r}")
     order = np.lexsort((complexity, nmse, primary, problem))
