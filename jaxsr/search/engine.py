@@ -5,8 +5,8 @@ One generation, for all problems at once:
 1. parents and mates drawn by tournament within each problem's block of the population;
 2. one variation operator per child (``variation``), all children of an operator made in a
    few numpy calls on the array form; one constant fold per child;
-3. every child scored in one evaluator call by least squares over its additive terms,
-   ``a + b1 t1 + ...`` (``fitness``);
+3. every child scored in one batched evaluation and one batched solve, by least squares
+   over its additive terms, ``a + b1 t1 + ...`` (``fitness``);
 4. parents and children merged, duplicate skeletons dropped, ``population_size`` survivors
    per problem chosen (``selection``); the Pareto front of every problem kept in an archive
    that never loses a member;

@@ -6,9 +6,9 @@ is scored by the weighted mean squared error of ``a + b_1 t_1 + ... + b_k t_k`` 
 with a and the b's solved by least squares per candidate. The search thus only has to find
 the shapes of the terms, not their scales and offset: ``3x - 2xy - x^2`` is found as soon as
 ``x + xy + x^2`` is (multiple-regression GP; with k = 1 this is the usual linear scaling
-``a + b f``). Evaluation and the least-squares solves run in one jit-compiled call for the
+``a + b f``). Evaluation and the least-squares solves run in two jit-compiled calls for the
 whole population (all problems of a ``fit_many`` together, each candidate on its own
-problem's data). Everything is per row, so a candidate that is NaN or overflows anywhere
+problem's data): one pass of the interpreter for the terms' values, then the solves. Everything is per row, so a candidate that is NaN or overflows anywhere
 on its points gets an infinite error in its own lane only.
 """
 
@@ -127,10 +127,10 @@ def _scaled_errors(programs, X, y, weight, problem, used):
 # code that took 1.7x as long (measured).
 @jax.jit
 def _blocked_scaling(f, y, weight, problem, used):
-    return over_row_blocks(term_scaling, (f, y[problem], weight[problem], used), SCALING_ROWS)
+    return _over_row_blocks(term_scaling, (f, y[problem], weight[problem], used), SCALING_ROWS)
 
 
-def over_row_blocks(fn, arrays, rows: int):
+def _over_row_blocks(fn, arrays, rows: int):
     """``fn(*arrays)`` computed ``rows`` rows (leading axis) at a time, the last block
     padded with zeros; ``fn`` must treat rows independently."""
     B = arrays[0].shape[0]
