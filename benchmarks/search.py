@@ -79,8 +79,8 @@ def numpy_loop_generation(search, population, data: fitness.Data) -> float:
     """One generation with scoring done candidate by candidate in numpy (the same term
     split and least squares as the batched call); returns seconds."""
     start = time.perf_counter()
-    children, _ = search.offspring_genomes(population)
-    terms = Terms.of(children, Structure.of(children), fitness.MAX_TERMS)
+    children, structure, _ = search.offspring_genomes(population)
+    terms = Terms.of(children, structure, fitness.MAX_TERMS)
     X, y = data.X[0, :N_POINTS, :3], data.y[0, :N_POINTS]
     nmse = np.empty(children.size)
     for i in range(children.size):

@@ -121,8 +121,11 @@ def test_folding_constants_keeps_values():
              Expr.op("sin", Expr.op("exp", Expr.const(0.5))),
              Expr.op("mul", Expr.var(0), Expr("pi"))]
     genomes, _ = Genomes.from_exprs(exprs, 16)
-    folded = variation.fold_constants(genomes)
+    folded, structure = variation.fold_constants(genomes)
     assert list(folded.length) == [3, 2, 3]  # the third has nothing to fold
+    fresh = Structure.of(folded)  # only the folded rows' structure was recomputed
+    for field in ("end", "height", "arity"):
+        np.testing.assert_array_equal(getattr(structure, field), getattr(fresh, field))
     X = np.linspace(-1, 1, 7)[:, None]
     for i, e in enumerate(exprs):
         np.testing.assert_allclose(folded.to_expr(i).evaluate(X), e.evaluate(X), rtol=1e-12)

@@ -94,7 +94,15 @@ class Scores:
 
 def score(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64) -> Scores:
     """Scores every row of ``genomes`` on its problem's data (``problem`` (P,) ints)."""
-    structure = Structure.of(genomes)
+    return dispatch(genomes, problem, data, dtype).result()
+
+
+def dispatch(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64,
+             structure: Structure | None = None) -> Pending:
+    """Starts ``score``: the host builds the tables and hands them to the compiled calls,
+    which run while the caller goes on (JAX dispatches asynchronously); ``result()`` waits
+    for them. ``structure``: the rows' ``Structure``, where the caller has it."""
+    structure = structure or Structure.of(genomes)
     terms = Terms.of(genomes, structure, MAX_TERMS)
     nodes = to_nodes(genomes, structure)
     # The terms' values are read from the formulas' own evaluation (one pass).
@@ -103,12 +111,26 @@ def score(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64) -
     # A constant beyond float32's range becomes inf in its own lane (scored inf): not an
     # error worth a warning.
     with jax.enable_x64(np.dtype(dtype) == np.float64), np.errstate(over="ignore"):
-        mse, a, b = _scaled_errors(programs, jnp.asarray(data.X, dtype), jnp.asarray(data.y, dtype),
-                                   jnp.asarray(data.weight, dtype), jnp.asarray(problem, jnp.int32),
-                                   jnp.asarray(terms.used))
-        mse, a, b = (np.asarray(v, np.float64) for v in (mse, a, b))
-    nmse = mse / data.variance[problem]
-    return Scores(np.where(np.isfinite(nmse), nmse, np.inf), a, b, terms.count)
+        values = _scaled_errors(programs, jnp.asarray(data.X, dtype), jnp.asarray(data.y, dtype),
+                                jnp.asarray(data.weight, dtype), jnp.asarray(problem, jnp.int32),
+                                jnp.asarray(terms.used))
+    return Pending(values, data.variance[problem], terms.count)
+
+
+@dataclasses.dataclass
+class Pending:
+    """Scores being computed: the compiled calls' outputs (mse, a, b) and what turns them
+    into ``Scores``."""
+
+    values: tuple
+    variance: np.ndarray
+    n_terms: np.ndarray
+
+    def result(self) -> Scores:
+        mse, a, b = (np.asarray(v, np.float64) for v in self.values)
+        with np.errstate(over="ignore"):
+            nmse = mse / self.variance
+        return Scores(np.where(np.isfinite(nmse), nmse, np.inf), a, b, self.n_terms)
 
 
 # Candidates per block of the least-squares step. Its dozen passes over the term values

@@ -184,6 +184,21 @@ class Structure:
         return Structure(np.ascontiguousarray(end[:L].T), np.ascontiguousarray(height[:L].T),
                          ar)
 
+    def take(self, rows) -> Structure:
+        return Structure(self.end[rows], self.height[rows], self.arity[rows])
+
+    @staticmethod
+    def concatenate(parts: Sequence[Structure]) -> Structure:
+        return Structure(*(np.concatenate([getattr(p, f) for p in parts])
+                           for f in ("end", "height", "arity")))
+
+    def replace_rows(self, rows: np.ndarray, new: Structure) -> Structure:
+        """A copy with ``rows`` replaced by the rows of ``new``."""
+        out = Structure(self.end.copy(), self.height.copy(), self.arity.copy())
+        for field in ("end", "height", "arity"):
+            getattr(out, field)[rows] = getattr(new, field)
+        return out
+
 
 def program_size(genomes: Genomes) -> ProgramSize:
     """Capacities holding the rows: constants and depth at the maximum length (fixed for a

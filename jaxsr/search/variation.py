@@ -117,25 +117,29 @@ def random_node(rng: np.random.Generator, length: np.ndarray, allowed=None) -> n
 # ---------------------------------------------------------------------------- operators
 
 
-def crossover(rng, parents: Genomes, mates: Genomes):
-    """The subtree at a random node of each parent replaced by a random subtree of its mate."""
-    sp, sm = Structure.of(parents), Structure.of(mates)
+def crossover(rng, parents: Genomes, mates: Genomes, sp: Structure | None = None,
+              sm: Structure | None = None):
+    """The subtree at a random node of each parent replaced by a random subtree of its mate.
+    ``sp``, ``sm``: the parents' and mates' structures, where the caller has them (here as
+    in the operators below, they are computed otherwise)."""
+    sp = sp or Structure.of(parents)
+    sm = sm or Structure.of(mates)
     i, j = random_node(rng, parents.length), random_node(rng, mates.length)
     rows = np.arange(parents.size)
     return splice(parents, i, sp.end[rows, i], mates, j, sm.end[rows, j])
 
 
-def subtree_mutation(rng, parents: Genomes, fresh: Genomes):
+def subtree_mutation(rng, parents: Genomes, fresh: Genomes, s: Structure | None = None):
     """The subtree at a random node replaced by a fresh random tree (one per row)."""
-    s = Structure.of(parents)
+    s = s or Structure.of(parents)
     i = random_node(rng, parents.length)
     rows = np.arange(parents.size)
     return splice(parents, i, s.end[rows, i], fresh, np.zeros_like(i), fresh.length)
 
 
-def hoist(rng, parents: Genomes):
+def hoist(rng, parents: Genomes, s: Structure | None = None):
     """A random subtree becomes the whole formula."""
-    s = Structure.of(parents)
+    s = s or Structure.of(parents)
     j = random_node(rng, parents.length)
     rows = np.arange(parents.size)
     zero = np.zeros_like(j)
@@ -190,10 +194,13 @@ def jitter_constants(rng, parents: Genomes, scale: float = 0.1):
     return child, is_const.any(axis=1)
 
 
-def fold_constants(genomes: Genomes) -> Genomes:
+def fold_constants(genomes: Genomes, s: Structure | None = None
+                   ) -> tuple[Genomes, Structure]:
     """In each row, the first operator whose operands are all numbers replaced by its value
-    (one fold per row and call; repeated over generations it keeps formulas short)."""
-    s = Structure.of(genomes)
+    (one fold per row and call; repeated over generations it keeps formulas short).
+    Returns the rows and their structure (``s``, the input's, is computed if not given;
+    only the folded rows' is computed again)."""
+    s = s or Structure.of(genomes)
     P, L = genomes.kind.shape
     number = (genomes.kind == KIND_CONST) | (genomes.kind == KIND_FIXED)
     first = np.minimum(np.arange(1, L + 1), L - 1)
@@ -202,7 +209,7 @@ def fold_constants(genomes: Genomes) -> Genomes:
                 & ((s.arity == 1) | np.take_along_axis(number, second, 1)))
     todo = np.flatnonzero(foldable.any(axis=1))
     if not len(todo):
-        return genomes
+        return genomes, s
     t = foldable[todo].argmax(axis=1)
     a = genomes.value[todo, first[t]]
     b = genomes.value[todo, second[todo, t]]
@@ -216,7 +223,7 @@ def fold_constants(genomes: Genomes) -> Genomes:
     ok = np.isfinite(folded)
     todo, t, folded = todo[ok], t[ok], folded[ok]
     if not len(todo):
-        return genomes
+        return genomes, s
     part = genomes.take(todo)
     node = _single_nodes(len(todo), L, KIND_CONST, 0, folded)
     child, _ = splice(part, t, s.end[todo, t], node, np.zeros_like(t), np.ones_like(t))
@@ -224,7 +231,7 @@ def fold_constants(genomes: Genomes) -> Genomes:
                               value=genomes.value.copy(), length=genomes.length.copy())
     for field in ("kind", "arg", "value", "length"):
         getattr(out, field)[todo] = getattr(child, field)
-    return out
+    return out, s.replace_rows(todo, Structure.of(child))
 
 
 def _single_nodes(n: int, max_length: int, kind, arg, value=0.0) -> Genomes:
