@@ -230,6 +230,9 @@ def test_pareto_ranks_match_brute_force(seed):
                 nmse[j] <= nmse[i] and complexity[j] <= complexity[i]
                 and (nmse[j] < nmse[i] or complexity[j] < complexity[i]) for j in left)}
             assert {i for i in left if ranks[i] == r} == front
+            if r == 0:
+                mask = selection.non_dominated(nmse, complexity, problem)
+                assert {i for i in left if mask[i]} == front
             left -= front
             r += 1
 

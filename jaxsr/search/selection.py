@@ -71,6 +71,34 @@ def pareto_ranks(nmse: np.ndarray, complexity: np.ndarray, problem: np.ndarray) 
     return rank
 
 
+def non_dominated(nmse: np.ndarray, complexity: np.ndarray, problem: np.ndarray) -> np.ndarray:
+    """(n,) whether each row is on its problem's Pareto front (``pareto_ranks == 0``) in a
+    few sorts, without ranking the rest: a row is on the front when its error is the lowest
+    of its complexity level and below every lower level's."""
+    n = len(nmse)
+    if n == 0:
+        return np.zeros(0, bool)
+    error = np.unique(nmse, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    order = np.lexsort((error, complexity, problem))
+    p, c, e = problem[order], complexity[order], error[order]
+    level_start = np.concatenate([[True], (np.diff(p) != 0) | (np.diff(c) != 0)])
+    level = np.cumsum(level_start) - 1
+    level_best = e[level_start]                       # lowest error of each level
+    # Lowest error of the levels below, within the problem: a running minimum that restarts
+    # at each problem (earlier problems are lifted out of reach by an offset).
+    problem_of_level = p[level_start]
+    segment = np.cumsum(np.concatenate([[True], np.diff(problem_of_level) != 0])) - 1
+    span = int(e.max()) + 2
+    lifted = level_best + (segment[-1] - segment) * span
+    below = np.minimum.accumulate(lifted) - (segment[-1] - segment) * span
+    below = np.concatenate([[span], below[:-1]])
+    below = np.where(np.concatenate([[True], segment[1:] != segment[:-1]]), span, below)
+    on_front = (e == level_best[level]) & (e < below[level])
+    out = np.empty(n, bool)
+    out[order] = on_front
+    return out
+
+
 def _running_max(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
     """Cumulative maximum restarting at every change of the non-decreasing ``segment``."""
     span = values.max(initial=0) - values.min(initial=0) + 1
