@@ -274,7 +274,7 @@ def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None,
 
     # Operator nodes sorted by (height, opcode): chunks are homogeneous and in dependency order.
     op_nodes = np.flatnonzero(kind == KIND_OP)
-    order = op_nodes[np.lexsort((arg[op_nodes], height[op_nodes]))]
+    order = op_nodes[_sort_by_height_and_opcode(height[op_nodes], arg[op_nodes])]
     node_index = np.full(len(kind), -1, np.int32)
     node_index[order] = np.arange(len(order))
 
@@ -287,11 +287,10 @@ def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None,
         program=np.append(program, 0),
     )
     RB = B * size.ops
-    kids = nodes.children[order]
-    operands = jax.tree.map(
-        lambda a: _pad_rows(a[kids], RB + chunk, fill=0 if a is as_operand.value else -1),
-        as_operand)
-    operands.program = np.where(operands.program < 0, 0, operands.program).astype(np.int32)
+    # Operand rows of the sorted nodes, padded to the capacity with "absent" (-1: the last
+    # entry of as_operand, the scalar 0), gathered once per field.
+    kids = _pad_rows(nodes.children[order], RB + chunk, fill=-1)
+    operands = jax.tree.map(lambda a: a[kids], as_operand)
     roots = jax.tree.map(lambda a: a[nodes.root], as_operand)
     tapped = None if taps is None else jax.tree.map(lambda a: a[taps], as_operand)
 
@@ -360,6 +359,16 @@ class CotangentRows:
     @property
     def total(self) -> int:
         return self.zero + 1
+
+
+def _sort_by_height_and_opcode(height: np.ndarray, opcode: np.ndarray) -> np.ndarray:
+    """The stable order of nodes by (height, opcode): one radix sort of a 16-bit key where
+    it fits (a few times faster than ``np.lexsort`` on the search's batches)."""
+    n_opcodes = len(operators.FUNCTIONS)
+    if len(height) and int(height.max()) < np.iinfo(np.int16).max // n_opcodes:
+        key = height.astype(np.int16) * np.int16(n_opcodes) + opcode.astype(np.int16)
+        return np.argsort(key, kind="stable")
+    return np.lexsort((opcode, height))
 
 
 def _pad_rows(a: np.ndarray, rows: int, fill) -> np.ndarray:

@@ -217,10 +217,12 @@ def to_nodes(genomes: Genomes, structure: Structure) -> Nodes:
     """The rows as the interpreter's flat node arrays (``compiler.Nodes``)."""
     P, L = genomes.kind.shape
     valid = np.arange(L) < genomes.length[:, None]
+    slots = np.flatnonzero(valid)                                # the nodes, row-major
+    pick = lambda a: a.reshape(P * L, *a.shape[2:])[slots]
     offset = np.cumsum(genomes.length) - genomes.length          # global index of each root
     index = offset[:, None] + np.arange(L)                       # global index of each slot
-    second = np.take_along_axis(structure.end, np.minimum(np.arange(1, L + 1), L - 1)[None]
-                                .repeat(P, 0), axis=1)           # end of the first operand
+    # A node's second operand starts where its first one ends.
+    second = np.concatenate([structure.end[:, 1:], np.full((P, 1), L, np.int32)], axis=1)
     children = np.stack([np.where(structure.arity >= 1, index + 1, -1),
                          np.where(structure.arity == 2, offset[:, None] + second, -1)], -1)
     is_const = (genomes.kind == KIND_CONST) & valid
@@ -230,12 +232,11 @@ def to_nodes(genomes: Genomes, structure: Structure) -> Nodes:
     rows, cols = np.nonzero(is_const)
     constants[rows, ordinal[rows, cols]] = genomes.value[rows, cols]
     arg = np.where(is_const, ordinal, genomes.arg)
-    pick = lambda a: a[valid]
     return Nodes(
         kind=pick(genomes.kind), arg=pick(arg).astype(np.int32),
         fixed=pick(np.where(genomes.kind == KIND_FIXED, genomes.value, 0.0)),
-        children=children[valid].astype(np.int64), height=pick(structure.height),
-        program=np.repeat(np.arange(P), genomes.length).astype(np.int32),
+        children=pick(children), height=pick(structure.height),
+        program=np.repeat(np.arange(P, dtype=np.int32), genomes.length),
         root=offset, constants=constants, n_constants=n_constants)
 
 
