@@ -28,6 +28,7 @@ L-BFGS or to the proposer, and never calls sympy.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +42,7 @@ from jaxsr.expr import operators
 from jaxsr.expr.compiler import KIND_CONST, ProgramSize
 from jaxsr.expr.tree import Expr
 from jaxsr.refine import refine_constants
-from jaxsr.search import fitness, selection, variation
+from jaxsr.search import cores, fitness, selection, variation
 from jaxsr.search.population import Genomes, Structure, Terms
 from jaxsr.shapes import next_power_of_two
 
@@ -101,6 +102,8 @@ class SearchSettings:
         the final front, as the regressor does in float64).
       width: columns the data are padded to (a caller fitting data of many widths passes
         its maximum, so that one compiled evaluator serves them all).
+      separate_cores: keep the host's work and the compiled calls on different cores
+        during the search (``cores.separate_cores``); results do not depend on it.
       seed: random seed (with the same seed and generation count, the same result).
       verbose: 0 silent, 1 a tqdm progress bar.
     """
@@ -124,6 +127,7 @@ class SearchSettings:
     proposal_members: int = 2
     dtype: str = "float32"
     width: int | None = None
+    separate_cores: bool = True
     seed: int = 0
     verbose: int = 0
 
@@ -197,14 +201,17 @@ class _Population:
     """Rows of all problems, each problem's rows contiguous."""
 
     genomes: Genomes
-    structure: Structure  # of the genomes, kept so that variation need not sweep them again
+    # Kept with the genomes so that they are computed once per row (refinement changes
+    # only float constants, which neither depends on).
+    structure: Structure
+    keys: np.ndarray  # skeleton keys (Genomes.skeleton_keys)
     scores: fitness.Scores
     problem: np.ndarray
     origin: np.ndarray
     refined: np.ndarray
 
     def take(self, rows) -> _Population:
-        return _Population(self.genomes.take(rows), self.structure.take(rows),
+        return _Population(self.genomes.take(rows), self.structure.take(rows), self.keys[rows],
                            self.scores.take(rows), self.problem[rows], self.origin[rows],
                            self.refined[rows])
 
@@ -212,7 +219,7 @@ class _Population:
     def concatenate(parts: Sequence[_Population]) -> _Population:
         cat = lambda f: np.concatenate([getattr(p, f) for p in parts])
         return _Population(Genomes.concatenate([p.genomes for p in parts]),
-                           Structure.concatenate([p.structure for p in parts]),
+                           Structure.concatenate([p.structure for p in parts]), cat("keys"),
                            fitness.Scores.concatenate([p.scores for p in parts]),
                            cat("problem"), cat("origin"), cat("refined"))
 
@@ -288,32 +295,39 @@ def evolve(problems: Sequence[tuple], seeds: Sequence[Sequence[Expr]] | None = N
         raise ValueError(f"got seeds for {len(seeds)} problems, expected {len(problems)}")
     rng = np.random.default_rng(settings.seed)
     clock = _Clock(settings)
-    search = _Search(settings, data, n_variables, rng, clock, proposer)
-    population = search.initial(seeds, seed_origin, problems)
-    archive = search.update_archive(None, population)
-    history, generation, stopped = [], 0, None
-    bar = _progress(settings)
+    # From the start: the compiled calls are compiled inside (see ``cores``).
+    with cores.separate_cores() if settings.separate_cores else contextlib.nullcontext():
+        search = _Search(settings, data, n_variables, rng, clock, proposer)
+        population = search.initial(seeds, seed_origin, problems)
+        archive = search.update_archive(None, population)
+        population, archive, history, stopped = _generations(search, population, archive,
+                                                             _progress(settings))
+        archive = search.update_archive(archive, search.merge_in_flight(population))
+    fronts = search.fronts(archive)
+    seconds = clock.elapsed()
+    return SearchResult(fronts, len(history), clock.evaluations, seconds, stopped, history,
+                        host_seconds=seconds - clock.device)
+
+
+def _generations(search: _Search, population: _Population, archive: _Population, bar):
+    """Generations until a stop; returns the population, archive, history and the reason."""
+    history, stopped = [], None
     try:
         while True:
-            solved = bool(np.all(search.best_r2(archive) >= settings.target_r2))
-            stopped = clock.stop_reason(generation, solved)
+            solved = bool(np.all(search.best_r2(archive) >= search.settings.target_r2))
+            stopped = search.clock.stop_reason(len(history), solved)
             if stopped:
                 break
-            population = search.generation(population, generation)
+            population = search.generation(population, len(history))
             archive = search.update_archive(archive, population)
-            generation += 1
-            history.append(search.record(generation, archive))
+            history.append(search.record(len(history) + 1, archive))
             _show(bar, history[-1])
     except KeyboardInterrupt:
         stopped = "interrupted"
     finally:
         if bar is not None:
             bar.close()
-    archive = search.update_archive(archive, search.merge_in_flight(population))
-    fronts = search.fronts(archive)
-    seconds = clock.elapsed()
-    return SearchResult(fronts, generation, clock.evaluations, seconds, stopped, history,
-                        host_seconds=seconds - clock.device)
+    return population, archive, history, stopped
 
 
 def _score_sizes(batch: int) -> tuple[int, int]:
@@ -403,8 +417,8 @@ class _Search:
             structure = Structure.of(genomes)
         if pending is None:
             pending = self.dispatch(genomes, structure, problem)
-        return _Population(genomes, structure, self.collect(pending), problem, origin,
-                           np.zeros(genomes.size, bool))
+        return _Population(genomes, structure, genomes.skeleton_keys(), self.collect(pending),
+                           problem, origin, np.zeros(genomes.size, bool))
 
     # ------------------------------------------------------------------ start
 
@@ -492,27 +506,33 @@ class _Search:
                                             population.complexity, start, size,
                                             s.population_size, s.tournament_size)
         parents, mates = pick(), pick()
-        problem = population.problem[parents]
-        child, _ = self.vary(population.take(parents), population.take(mates))
-        return *variation.fold_constants(child), problem
+        # Rows grouped by the operator they drew: each operator then works on views of one
+        # contiguous slice instead of copies of scattered rows.
+        op = self.rng.choice(len(variation.OPERATORS), size=len(parents), p=self.rates)
+        order = np.argsort(op, kind="stable")
+        parents, mates, op = parents[order], mates[order], op[order]
+        child, _ = self.vary(population.take(parents), population.take(mates), op)
+        return *variation.fold_constants(child), population.problem[parents]
 
-    def vary(self, parents: _Population, mates: _Population) -> tuple[Genomes, np.ndarray]:
-        """One operator per row, applied to the rows that drew it; returns the children and
-        which rows a variation changed (the others are copies of their parents)."""
+    def vary(self, parents: _Population, mates: _Population, op: np.ndarray
+             ) -> tuple[Genomes, np.ndarray]:
+        """Operator ``op[i]`` (an index into ``variation.OPERATORS``, sorted) applied to row
+        i; returns the children and which rows a variation changed (the others are copies
+        of their parents)."""
         problem, mate_structure = parents.problem, mates.structure
         parents, structure, mates = parents.genomes, parents.structure, mates.genomes
-        op = self.rng.choice(len(variation.OPERATORS), size=parents.size, p=self.rates)
         child = dataclasses.replace(parents, kind=parents.kind.copy(), arg=parents.arg.copy(),
                                     value=parents.value.copy(), length=parents.length.copy())
         ok = np.zeros(parents.size, bool)
+        bounds = np.searchsorted(op, np.arange(len(variation.OPERATORS) + 1))
         for k, name in enumerate(variation.OPERATORS):
-            rows = np.flatnonzero(op == k)
-            if not len(rows):
+            rows = slice(bounds[k], bounds[k + 1])
+            if bounds[k] == bounds[k + 1]:
                 continue
             made, fits = self._apply(name, parents.take(rows), mates.take(rows), problem[rows],
                                      structure.take(rows), mate_structure.take(rows))
             for field in ("kind", "arg", "value", "length"):
-                getattr(child, field)[rows[fits]] = getattr(made, field)[fits]
+                getattr(child, field)[rows][fits] = getattr(made, field)[fits]
             ok[rows] = fits
         return child, ok
 
@@ -539,7 +559,7 @@ class _Search:
         return self.pool.take(self.pool_start[problem] + draw)
 
     def survive(self, population: _Population) -> _Population:
-        unique = selection.unique_best(population.genomes.skeleton_keys(), population.problem,
+        unique = selection.unique_best(population.keys, population.problem,
                                        population.scores.nmse)
         nmse, problem = population.scores.nmse[unique], population.problem[unique]
         keep = unique[selection.survivors(nmse, population.complexity[unique], problem,
@@ -628,7 +648,8 @@ class _Search:
                 if np.all(np.abs(values) > 1e-12 * np.abs(values).max()):
                     requests.append((q, y / values))
                     bases.append(("mul", f))
-        proposals = self.proposer(requests, int(self.rng.integers(1 << 31)))
+        with cores.shared_cores():  # decoding uses every core it can
+            proposals = self.proposer(requests, int(self.rng.integers(1 << 31)))
         exprs, owner = [], []
         for (q, _), base, found in zip(requests, bases, proposals):
             for g in found:
@@ -656,8 +677,7 @@ class _Search:
         population = population.take(np.flatnonzero(selection.non_dominated(
             population.scores.nmse, population.complexity, population.problem)))
         merged = population if archive is None else _Population.concatenate([archive, population])
-        keep = selection.unique_best(merged.genomes.skeleton_keys(), merged.problem,
-                                     merged.scores.nmse)
+        keep = selection.unique_best(merged.keys, merged.problem, merged.scores.nmse)
         merged = merged.take(keep)
         ranks = selection.pareto_ranks(merged.scores.nmse, merged.complexity, merged.problem)
         front = merged.take(np.flatnonzero((ranks == 0) & np.isfinite(merged.scores.nmse)))

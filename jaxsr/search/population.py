@@ -61,7 +61,8 @@ class Genomes:
         return self.kind.shape[1]
 
     def take(self, rows) -> Genomes:
-        rows = np.asarray(rows)
+        """Rows ``rows`` (indices, or a slice for views)."""
+        rows = rows if isinstance(rows, slice) else np.asarray(rows)
         return Genomes(self.kind[rows], self.arg[rows], self.value[rows], self.length[rows])
 
     @staticmethod
@@ -168,19 +169,20 @@ class Structure:
         P, L = genomes.kind.shape
         ar = arity(genomes)
         # Position-major (L, P) arrays: each step reads and writes contiguous rows.
-        arity_at = ar.T
+        leaf, unary, binary = ar.T == 0, ar.T == 1, ar.T == 2
         end = np.empty((L + 1, P), np.int32)
         end[L] = L
         height = np.zeros((L + 1, P), np.int32)
         flat_end, flat_height = end.reshape(-1), height.reshape(-1)
-        columns = np.arange(P)
+        columns = np.arange(P, dtype=np.int32)
+        zero = np.zeros(P, np.int32)
         for t in range(L - 1, -1, -1):
-            a, first_end = arity_at[t], end[t + 1]
-            at_second = np.minimum(first_end, L) * P + columns  # where operand 2 starts
-            end[t] = np.where(a == 0, t + 1, np.where(a == 1, first_end, flat_end[at_second]))
-            tallest = np.where(a == 2, np.maximum(height[t + 1], flat_height[at_second]),
-                               height[t + 1])
-            height[t] = np.where(a == 0, 0, tallest + 1)
+            first_end = end[t + 1]
+            at_second = first_end * P + columns  # where operand 2 starts (ends are <= L)
+            end[t] = np.where(leaf[t], t + 1, np.where(unary[t], first_end,
+                                                        flat_end[at_second]))
+            second = np.where(binary[t], flat_height[at_second], zero)
+            height[t] = np.where(leaf[t], zero, np.maximum(height[t + 1], second) + 1)
         return Structure(np.ascontiguousarray(end[:L].T), np.ascontiguousarray(height[:L].T),
                          ar)
 

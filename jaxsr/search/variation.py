@@ -75,9 +75,13 @@ def splice(dst: Genomes, i, e, src: Genomes, j, k) -> tuple[Genomes, np.ndarray]
     dst_at = np.where(t < i, t, np.clip(e + t - i - inserted[:, None], 0, L - 1))
     inside = t < length[:, None]
 
+    # Flat indices, computed once for the three fields.
+    base = np.arange(len(length))[:, None] * L
+    src_at, dst_at = (base + src_at).reshape(-1), (base + dst_at).reshape(-1)
+
     def mix(a, b, pad):
-        picked = np.where(from_src, np.take_along_axis(b, src_at, 1),
-                          np.take_along_axis(a, dst_at, 1))
+        picked = np.where(from_src, b.reshape(-1)[src_at].reshape(-1, L),
+                          a.reshape(-1)[dst_at].reshape(-1, L))
         return np.where(inside, picked, pad)
 
     child = Genomes(mix(dst.kind, src.kind, PAD), mix(dst.arg, src.arg, 0),
