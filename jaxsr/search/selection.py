@@ -52,21 +52,27 @@ def pareto_ranks(nmse: np.ndarray, complexity: np.ndarray, problem: np.ndarray) 
     last = last_tie[np.cumsum(group) - 1][position]
     problem_at = problem[by_error]
 
+    # Rows in (complexity, problem, error) order, so that each level is a slice, and the
+    # within-level counts of distinct lower errors (d below) for all levels at once.
+    by_level = np.lexsort((error, problem, complexity))
+    c, p, e = complexity[by_level], problem[by_level], error[by_level]
+    level_start = np.flatnonzero(np.concatenate([[True], np.diff(c) != 0]))
+    start = np.concatenate([[True], np.diff(p) != 0])
+    start[level_start] = True
+    step = np.concatenate([[0], (np.diff(e) != 0).astype(np.int64)])
+    step[start] = 0
+    segment = np.cumsum(start)
+    d = np.cumsum(step)
+    d -= d[np.flatnonzero(start)][segment - 1]          # distinct errors below, in level
+    last, position = last[by_level], position[by_level]
+
     rank = np.zeros(n, np.int64)
     reached = np.zeros(n, np.int64)  # rank + 1 of the ranked rows, at their positions
     floor = np.zeros(n, np.int64)    # running maximum of ``reached`` within each problem
-    for level in np.unique(complexity):
-        rows = np.flatnonzero(complexity == level)
-        rows = rows[np.lexsort((error[rows], problem[rows]))]
-        p, e = problem[rows], error[rows]
-        start = np.concatenate([[True], np.diff(p) != 0])
-        step = np.concatenate([[0], ((np.diff(e) != 0) & ~start[1:]).astype(np.int64)])
-        segment = np.cumsum(start)
-        d = np.cumsum(step)
-        d -= d[np.flatnonzero(start)][segment - 1]          # distinct errors below, in level
-        best = _running_max(floor[last[rows]] - d, segment)
-        rank[rows] = d + best
-        np.maximum.at(reached, position[rows], rank[rows] + 1)
+    for a, b in zip(level_start, np.r_[level_start[1:], n]):
+        level_rank = d[a:b] + _running_max(floor[last[a:b]] - d[a:b], segment[a:b])
+        rank[by_level[a:b]] = level_rank
+        reached[position[a:b]] = level_rank + 1  # distinct rows: distinct positions
         floor = _running_max(reached, problem_at)
     return rank
 
