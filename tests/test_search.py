@@ -134,6 +134,17 @@ def test_folding_constants_keeps_values():
 # ---------------------------------------------------------------------------- fitness
 
 
+def test_points_are_padded_to_a_multiple_of_the_block_and_weigh_nothing():
+    sizes = [fitness.padded_points(n) for n in (1, 16, 17, 32, 33, 200, 256, 257)]
+    assert sizes == [16, 16, 32, 32, 64, 224, 256, 288]
+    X, y = np.ones((200, 2)), np.arange(200.0)
+    data = fitness.Data.stack([(X, y, None), (X[:50], y[:50], None)])
+    assert data.y.shape == (2, 224)
+    assert np.all(data.weight[0, 200:] == 0) and np.all(data.weight[1, 50:] == 0)
+    np.testing.assert_allclose(data.weight.sum(axis=1), 1.0)
+    np.testing.assert_allclose(data.variance, [np.var(y), np.var(y[:50])])
+
+
 def test_linear_scaling_is_least_squares():
     rng = np.random.default_rng(0)
     X = rng.uniform(0.5, 2.0, size=(64, 2))

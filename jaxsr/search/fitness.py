@@ -33,6 +33,20 @@ MAX_TERMS = 4
 RIDGE_EPSILONS = 100
 
 
+# Points are padded to a multiple of this (the evaluator's point blocks are 32 points wide
+# on large batches): 200 points cost 224, not 256.
+POINT_MULTIPLE = 32
+
+
+def padded_points(n: int) -> int:
+    """Points a problem of ``n`` points is padded to: a power of two up to
+    ``POINT_MULTIPLE``, then a multiple of it (at most 8 distinct sizes up to the
+    regressor's 256 search rows, each compiled once)."""
+    if n <= POINT_MULTIPLE:
+        return next_power_of_two(n, minimum=16)
+    return -(-n // POINT_MULTIPLE) * POINT_MULTIPLE
+
+
 @dataclasses.dataclass(frozen=True)
 class Data:
     """The problems a search fits, stacked: X (Q, N, D), y (Q, N), weights (Q, N) summing to
@@ -46,9 +60,9 @@ class Data:
     @staticmethod
     def stack(problems, width: int | None = None) -> Data:
         """From (X (n, d), y (n,), weight (n,) or None) triples of any sizes. Points are
-        padded (weight 0) to a power of two and columns to ``width``, so that searches on
-        similar data reuse the compiled evaluator."""
-        n = next_power_of_two(max(len(p[1]) for p in problems), minimum=16)
+        padded (weight 0) to ``padded_points`` and columns to ``width``, so that searches
+        on similar data reuse the compiled evaluator."""
+        n = padded_points(max(len(p[1]) for p in problems))
         d = max([np.shape(p[0])[1] for p in problems] + [width or 0])
         Q = len(problems)
         X, y, weight = np.zeros((Q, n, d)), np.zeros((Q, n)), np.zeros((Q, n))
