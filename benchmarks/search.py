@@ -102,7 +102,7 @@ def _term_scaled_nmse(values: list[np.ndarray], y: np.ndarray) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--generations", type=int, default=5, help="timed generations")
+    parser.add_argument("--generations", type=int, default=20, help="timed generations")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--warm-up", type=int, default=5,
                         help="untimed generations first (compilation, archive filling)")

@@ -160,29 +160,37 @@ class Structure:
     after it and its second operand right after the first one ends.
     """
 
-    end: np.ndarray
-    height: np.ndarray
-    arity: np.ndarray
+    end: np.ndarray     # (P, L) int16
+    height: np.ndarray  # (P, L) int16
+    arity: np.ndarray   # (P, L) int8
 
     @staticmethod
     def of(genomes: Genomes) -> Structure:
         P, L = genomes.kind.shape
         ar = arity(genomes)
-        # Position-major (L, P) arrays: each step reads and writes contiguous rows.
-        leaf, unary, binary = ar.T == 0, ar.T == 1, ar.T == 2
-        end = np.empty((L + 1, P), np.int32)
+        # Position-major (L, P) arrays: each step reads and writes contiguous rows. Small
+        # integers and in-place steps: the sweep is L rounds of a dozen numpy calls, whose
+        # cost is mostly memory traffic and temporaries.
+        arity_at = np.ascontiguousarray(ar.T)
+        leaf, binary = arity_at == 0, arity_at == 2
+        end = np.empty((L + 1, P), np.int16)
         end[L] = L
-        height = np.zeros((L + 1, P), np.int32)
+        height = np.zeros((L + 1, P), np.int16)
         flat_end, flat_height = end.reshape(-1), height.reshape(-1)
         columns = np.arange(P, dtype=np.int32)
-        zero = np.zeros(P, np.int32)
+        at_second = np.empty(P, np.int32)  # where operand 2 starts (ends are <= L)
         for t in range(L - 1, -1, -1):
             first_end = end[t + 1]
-            at_second = first_end * P + columns  # where operand 2 starts (ends are <= L)
-            end[t] = np.where(leaf[t], t + 1, np.where(unary[t], first_end,
-                                                        flat_end[at_second]))
-            second = np.where(binary[t], flat_height[at_second], zero)
-            height[t] = np.where(leaf[t], zero, np.maximum(height[t + 1], second) + 1)
+            np.multiply(first_end, P, out=at_second, dtype=np.int32)
+            at_second += columns
+            here = np.where(binary[t], flat_end.take(at_second), first_end)
+            here[leaf[t]] = t + 1
+            end[t] = here
+            tallest = np.maximum(height[t + 1],
+                                 np.where(binary[t], flat_height.take(at_second), 0))
+            tallest += 1
+            tallest[leaf[t]] = 0
+            height[t] = tallest
         return Structure(np.ascontiguousarray(end[:L].T), np.ascontiguousarray(height[:L].T),
                          ar)
 
