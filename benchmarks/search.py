@@ -4,10 +4,11 @@ One problem with N = 200 points and 3 variables (y = x0 x1 / (1 + x2^2) + sin(x0
 no short formula fits exactly, so the search never stops early). For populations of 1,024,
 4,096 and 16,384 formulas, the search's own generation (tournaments, variation on the array
 form, one batched scoring call with least squares over each formula's terms, dedupe and
-NSGA-II survival, the Pareto archive) is timed after warm-up generations, without L-BFGS
-refinement and without model
-proposals, which the loop runs every few generations at a cost of its own (reported
-separately at 4,096 with the regressor's refinement settings).
+NSGA-II survival, the Pareto archive) is timed after warm-up generations, as ``evolve``
+runs it (scoring overlapped with the next generation's host work, inside
+``cores.separate_cores``), without L-BFGS refinement and without model proposals, which
+the loop runs every few generations at a cost of its own (reported separately at 4,096
+with the regressor's refinement settings).
 
 The baseline, in the same process: the same generation with the batched scoring call
 replaced by a plain numpy loop (each child's terms turned into trees, evaluated with
@@ -16,7 +17,8 @@ replaced by a plain numpy loop (each child's terms turned into trees, evaluated 
     python benchmarks/search.py --json
 
 prints one JSON object: ``evaluations_per_second`` (a dict keyed "1024", "4096", "16384"),
-``host_fraction`` (share of a generation spent outside the compiled scoring call, per size),
+``host_fraction`` (share of a generation in which the Python thread works rather than
+waits for compiled calls, per size: near 1, the host's numpy work sets the pace),
 ``evaluations_per_second_with_refinement`` at 4,096, ``numpy_loop_evaluations_per_second``
 and ``speedup_vs_numpy_loop`` at 4,096 (``--baseline-size`` changes that size; 0 leaves out
 the refinement run and the numpy loop, for a short accelerator session that only wants the
