@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxsr.search import cores, engine, fitness
 from jaxsr.search.engine import SearchSettings
-from jaxsr.search.population import Structure, Terms
+from jaxsr.search.population import Terms
 
 N_POINTS = 200
 SIZES = (1024, 4096, 16384)

@@ -9,7 +9,8 @@ One generation, for all problems at once:
    over its additive terms, ``a + b1 t1 + ...`` (``fitness``). The compiled calls run
    while the host builds the next generation: a generation's children are merged one
    generation later, and come from parents that do not include the children scored
-   meanwhile (on a 2-core CPU, 1.2x the generations per second at 4,096);
+   meanwhile. With the host and XLA's threads on separate cores (``cores``), a 2-core CPU
+   runs about twice the generations per second at 4,096 (the README's search benchmark);
 4. parents and children merged, duplicate skeletons dropped, ``population_size`` survivors
    per problem chosen (``selection``); the Pareto front of every problem kept in an archive
    that never loses a member;
@@ -190,7 +191,7 @@ class SearchResult:
     stopped: str                 # "generations", "max_evaluations", "max_time", "target_r2",
                                  # or "interrupted"
     history: list[dict]          # one entry per generation
-    host_seconds: float = 0.0    # time outside the batched evaluator and L-BFGS calls
+    host_seconds: float = 0.0    # time the host did not wait for scoring or L-BFGS calls
 
 
 # ---------------------------------------------------------------------------- state
@@ -236,7 +237,8 @@ class _Population:
 
 
 class _Clock:
-    """Wall time, evaluations and the time spent in compiled calls (the rest is host)."""
+    """Wall time, evaluations and the time the host waited for compiled calls (``device``;
+    the rest is host work, overlapping the scoring)."""
 
     def __init__(self, settings: SearchSettings):
         self.start = time.perf_counter()
@@ -362,7 +364,8 @@ class _Search:
         self.alphabet = variation.Alphabet.of(settings.operators)
         self.proposer = proposer
         self.stalls = _Stalls(data.n_problems)
-        self.in_flight = None  # children being scored: (genomes, problem, pending scores)
+        # Children being scored: (genomes, structure, problem, pending scores).
+        self.in_flight = None
         pools = [self._random_genomes(POOL_SIZE, d, small=True) for d in n_variables]
         self.pool = Genomes.concatenate(pools)
         self.pool_start = np.cumsum([0] + [p.size for p in pools])[:-1]
@@ -604,8 +607,8 @@ class _Search:
         # The solver is synchronous (nothing to overlap) and its many small steps ran
         # faster with XLA's threads on every core (measured); so does its compilation.
         with cores.shared_cores():
-            result = refine_constants(exprs, self.data.X, self.data.y, sample_weight=self.data.weight,
-                                      dataset_index=problem,
+            result = refine_constants(exprs, self.data.X, self.data.y,
+                                      sample_weight=self.data.weight, dataset_index=problem,
                                       max_iter=iterations, dtype=self.settings.dtype,
                                       min_size=self.refine_size)
         self.clock.device += time.perf_counter() - started

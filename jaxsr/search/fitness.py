@@ -8,8 +8,10 @@ the shapes of the terms, not their scales and offset: ``3x - 2xy - x^2`` is foun
 ``x + xy + x^2`` is (multiple-regression GP; with k = 1 this is the usual linear scaling
 ``a + b f``). Evaluation and the least-squares solves run in two jit-compiled calls for the
 whole population (all problems of a ``fit_many`` together, each candidate on its own
-problem's data): one pass of the interpreter for the terms' values, then the solves. Everything is per row, so a candidate that is NaN or overflows anywhere
-on its points gets an infinite error in its own lane only.
+problem's data): one pass of the interpreter for the terms' values, then the solves;
+``dispatch`` starts them and returns, ``Pending.result`` waits. Everything is per row, so a
+candidate that is NaN or overflows anywhere on its points gets an infinite error in its own
+lane only.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def dispatch(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64
     """Starts ``score``: the host builds the tables and hands them to the compiled calls,
     which run while the caller goes on (JAX dispatches asynchronously); ``result()`` waits
     for them. ``structure``: the rows' ``Structure``, where the caller has it."""
-    structure = structure or Structure.of(genomes)
+    structure = Structure.of(genomes) if structure is None else structure
     terms = Terms.of(genomes, structure, MAX_TERMS)
     nodes = to_nodes(genomes, structure)
     # The terms' values are read from the formulas' own evaluation (one pass).
