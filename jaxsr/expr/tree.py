@@ -111,9 +111,10 @@ class Expr:
         """The float constants in prefix order (integers and named constants excluded)."""
         return np.array([n.value for n in self.preorder() if n.is_constant], np.float64)
 
-    @property
+    @functools.cached_property
     def n_constants(self) -> int:
-        return sum(n.is_constant for n in self.postorder)
+        """Number of float constants (cached: refinement asks every tree many times)."""
+        return sum(n.token == FLOAT for n in self.postorder)
 
     def with_constants(self, values) -> Expr:
         """A copy with the float constants replaced, in prefix order."""
