@@ -205,18 +205,20 @@ def fold_constants(genomes: Genomes, s: Structure | None = None
     Returns the rows and their structure (``s``, the input's, is computed if not given;
     only the folded rows' is computed again)."""
     s = _structure(genomes, s)
-    P, L = genomes.kind.shape
+    L = genomes.max_length
     number = (genomes.kind == KIND_CONST) | (genomes.kind == KIND_FIXED)
-    first = np.minimum(np.arange(1, L + 1), L - 1)
-    second = np.minimum(s.end[:, first], L - 1)
-    foldable = ((genomes.kind == KIND_OP) & number[:, first]
-                & ((s.arity == 1) | np.take_along_axis(number, second, 1)))
-    todo = np.flatnonzero(foldable.any(axis=1))
+    # Operators whose first operand (the next node) is a number: few, so the second operand
+    # (where the first one ends) is checked for these positions only.
+    rows, t = np.nonzero((genomes.kind[:, :-1] == KIND_OP) & number[:, 1:])
+    second = np.minimum(s.end[rows, t + 1], L - 1)
+    foldable = (s.arity[rows, t] == 1) | number[rows, second]
+    # The first foldable operator of each row (nonzero lists positions row by row).
+    todo, first = np.unique(rows[foldable], return_index=True)
     if not len(todo):
         return genomes, s
-    t = foldable[todo].argmax(axis=1)
-    a = genomes.value[todo, first[t]]
-    b = genomes.value[todo, second[todo, t]]
+    t, second = t[foldable][first], second[foldable][first]
+    a = genomes.value[todo, t + 1]
+    b = genomes.value[todo, second]
     folded = np.full(len(todo), np.nan)
     opcode = genomes.arg[todo, t]
     with np.errstate(all="ignore"):
