@@ -400,7 +400,9 @@ class _Search:
         size = small if n <= small else large
         parts = []
         for first in range(0, n, size):
-            rows = np.minimum(np.arange(first, first + size), n - 1)
+            # A full call takes views of the rows; a partial one repeats its last row.
+            rows = (slice(first, first + size) if first + size <= n
+                    else np.minimum(np.arange(first, first + size), n - 1))
             parts.append((fitness.dispatch(genomes.take(rows), problem[rows], self.data,
                                            self.settings.dtype, structure.take(rows)),
                           min(size, n - first)))
@@ -409,7 +411,7 @@ class _Search:
 
     def collect(self, parts: list[tuple]) -> fitness.Scores:
         started = time.perf_counter()
-        scores = fitness.Scores.concatenate([p.result().take(np.arange(k)) for p, k in parts])
+        scores = fitness.Scores.concatenate([p.result().take(slice(k)) for p, k in parts])
         self.clock.device += time.perf_counter() - started
         return scores
 
