@@ -418,8 +418,7 @@ class _Search:
     def _population(self, genomes, problem, origin, structure=None,
                     pending=None) -> _Population:
         """Rows scored (``pending``: their scoring, already started)."""
-        if structure is None:
-            structure = Structure.of(genomes)
+        structure = Structure.given(genomes, structure)
         if pending is None:
             pending = self.dispatch(genomes, structure, problem)
         return _Population(genomes, structure, genomes.skeleton_keys(), self.collect(pending),
@@ -516,19 +515,16 @@ class _Search:
         op = self.rng.choice(len(variation.OPERATORS), size=len(parents), p=self.rates)
         order = np.argsort(op, kind="stable")
         parents, mates, op = parents[order], mates[order], op[order]
-        child, _ = self.vary(population.take(parents), population.take(mates), op)
+        child = self.vary(population.take(parents), population.take(mates), op)
         return *variation.fold_constants(child), population.problem[parents]
 
-    def vary(self, parents: _Population, mates: _Population, op: np.ndarray
-             ) -> tuple[Genomes, np.ndarray]:
+    def vary(self, parents: _Population, mates: _Population, op: np.ndarray) -> Genomes:
         """Operator ``op[i]`` (an index into ``variation.OPERATORS``, sorted) applied to row
-        i; returns the children and which rows a variation changed (the others are copies
-        of their parents)."""
+        i; a child that does not fit ``max_length`` is a copy of its parent."""
         problem, mate_structure = parents.problem, mates.structure
         parents, structure, mates = parents.genomes, parents.structure, mates.genomes
         child = dataclasses.replace(parents, kind=parents.kind.copy(), arg=parents.arg.copy(),
                                     value=parents.value.copy(), length=parents.length.copy())
-        ok = np.zeros(parents.size, bool)
         bounds = np.searchsorted(op, np.arange(len(variation.OPERATORS) + 1))
         for k, name in enumerate(variation.OPERATORS):
             rows = slice(bounds[k], bounds[k + 1])
@@ -538,8 +534,7 @@ class _Search:
                                      structure.take(rows), mate_structure.take(rows))
             for field in ("kind", "arg", "value", "length"):
                 getattr(child, field)[rows][fits] = getattr(made, field)[fits]
-            ok[rows] = fits
-        return child, ok
+        return child
 
     def _apply(self, name, parents, mates, problem, structure, mate_structure):
         """Variation ``name`` on rows whose mates, problems and structures are given."""

@@ -118,7 +118,7 @@ def dispatch(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64
     """Starts ``score``: the host builds the tables and hands them to the compiled calls,
     which run while the caller goes on (JAX dispatches asynchronously); ``result()`` waits
     for them. ``structure``: the rows' ``Structure``, where the caller has it."""
-    structure = Structure.of(genomes) if structure is None else structure
+    structure = Structure.given(genomes, structure)
     terms = Terms.of(genomes, structure, MAX_TERMS)
     nodes = to_nodes(genomes, structure)
     # The terms' values are read from the formulas' own evaluation (one pass).

@@ -194,6 +194,11 @@ class Structure:
         return Structure(np.ascontiguousarray(end[:L].T), np.ascontiguousarray(height[:L].T),
                          ar)
 
+    @staticmethod
+    def given(genomes: Genomes, structure: Structure | None) -> Structure:
+        """``structure`` where the caller keeps it (variation, scoring), else computed."""
+        return Structure.of(genomes) if structure is None else structure
+
     def take(self, rows) -> Structure:
         return Structure(self.end[rows], self.height[rows], self.arity[rows])
 

@@ -126,8 +126,8 @@ def crossover(rng, parents: Genomes, mates: Genomes, sp: Structure | None = None
     """The subtree at a random node of each parent replaced by a random subtree of its mate.
     ``sp``, ``sm``: the parents' and mates' ``Structure`` where the caller keeps them
     (computed when not given; likewise ``s`` in the operators below)."""
-    sp = _structure(parents, sp)
-    sm = _structure(mates, sm)
+    sp = Structure.given(parents, sp)
+    sm = Structure.given(mates, sm)
     i, j = random_node(rng, parents.length), random_node(rng, mates.length)
     rows = np.arange(parents.size)
     return splice(parents, i, sp.end[rows, i], mates, j, sm.end[rows, j])
@@ -135,7 +135,7 @@ def crossover(rng, parents: Genomes, mates: Genomes, sp: Structure | None = None
 
 def subtree_mutation(rng, parents: Genomes, fresh: Genomes, s: Structure | None = None):
     """The subtree at a random node replaced by a fresh random tree (one per row)."""
-    s = _structure(parents, s)
+    s = Structure.given(parents, s)
     i = random_node(rng, parents.length)
     rows = np.arange(parents.size)
     return splice(parents, i, s.end[rows, i], fresh, np.zeros_like(i), fresh.length)
@@ -143,7 +143,7 @@ def subtree_mutation(rng, parents: Genomes, fresh: Genomes, s: Structure | None 
 
 def hoist(rng, parents: Genomes, s: Structure | None = None):
     """A random subtree becomes the whole formula."""
-    s = _structure(parents, s)
+    s = Structure.given(parents, s)
     j = random_node(rng, parents.length)
     rows = np.arange(parents.size)
     zero = np.zeros_like(j)
@@ -204,7 +204,7 @@ def fold_constants(genomes: Genomes, s: Structure | None = None
     (one fold per row and call; repeated over generations it keeps formulas short).
     Returns the rows and their structure (``s``, the input's, is computed if not given;
     only the folded rows' is computed again)."""
-    s = _structure(genomes, s)
+    s = Structure.given(genomes, s)
     L = genomes.max_length
     number = (genomes.kind == KIND_CONST) | (genomes.kind == KIND_FIXED)
     # Operators whose first operand (the next node) is a number: few, so the second operand
@@ -238,10 +238,6 @@ def fold_constants(genomes: Genomes, s: Structure | None = None
     for field in ("kind", "arg", "value", "length"):
         getattr(out, field)[todo] = getattr(child, field)
     return out, s.replace_rows(todo, Structure.of(child))
-
-
-def _structure(genomes: Genomes, given: Structure | None) -> Structure:
-    return Structure.of(genomes) if given is None else given
 
 
 def _single_nodes(n: int, max_length: int, kind, arg, value=0.0) -> Genomes:
