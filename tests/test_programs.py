@@ -8,7 +8,7 @@ import pytest
 from helpers import well_conditioned
 
 from jaxsr.expr import interpreter
-from jaxsr.expr.compiler import ProgramSize, assemble, compile_programs
+from jaxsr.expr.compiler import Nodes, ProgramSize, assemble, compile_programs
 from jaxsr.expr.interpreter import evaluate_programs, evaluate_taps
 from jaxsr.expr.random_trees import random_expr
 from jaxsr.expr.tree import Expr, parse_prefix
@@ -262,3 +262,27 @@ def test_programs_assembled_without_gradient_tables_evaluate_but_refuse_a_gradie
     loss = lambda c: jnp.sum(evaluate_programs(lean, X[0], c))
     with pytest.raises(ValueError, match="without the reverse sweep"):
         jax.grad(loss)(jnp.asarray(lean.constants, jnp.float32))
+
+
+def test_taking_programs_from_nodes_compiles_like_their_trees():
+    exprs = random_batch(7, n=20)
+    picks = np.array([5, -1, 0, 19, 5, 3, -1, 11])  # repeats, fillers, any order
+    taken = Nodes.of_exprs(exprs).take(picks)
+    chosen = [exprs[i] if i >= 0 else parse_prefix("x_0") for i in picks]
+    assert ProgramSize.of_nodes(taken) == ProgramSize.fitting(chosen)
+    X = points(2)
+    ours = np.asarray(evaluate_programs(assemble(taken, SIZE), X))
+    theirs = np.asarray(evaluate_programs(compile_programs(chosen, SIZE), X))
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_size_check_names_the_program_that_does_not_fit():
+    c, x = Expr.const, Expr.var
+    exprs = [x(0), Expr.op("add", Expr.op("mul", c(2.5), x(0)),
+                           Expr.op("sin", Expr.op("add", x(1), c(1.5))))]
+    nodes = Nodes.of_exprs(exprs)
+    ProgramSize(ops=4, constants=2, depth=4).check(nodes)
+    with pytest.raises(ValueError, match="expression 1 \\(2 constants, depth 3\\)"):
+        ProgramSize(ops=4, constants=1, depth=4).check(nodes)
+    with pytest.raises(ValueError, match="2 expressions hold 4 operator nodes"):
+        ProgramSize(ops=1, constants=2, depth=4).check(nodes)

@@ -221,3 +221,24 @@ def test_fused_loss_and_gradients_match_autodiff_and_keep_their_bits_in_point_bl
         # The sums keep their order, but XLA compiles the per-point loss differently for
         # blocks of another width: the last bit of a loss may differ.
         np.testing.assert_allclose(blocked[0], losses, rtol=1e-15, atol=0)
+
+
+def test_array_form_entry_refines_genome_rows_like_their_trees():
+    # The search hands refine_nodes its rows' node arrays: same answers as the trees give.
+    from jaxsr.refine.api import Datasets, refine_nodes, solver_settings
+    from jaxsr.search.population import Genomes, Structure, to_nodes
+
+    exprs, Y = _random_problems(12, seed=4)
+    genomes, kept = Genomes.from_exprs(exprs, 32)
+    assert len(kept) == len(exprs)
+    nodes = to_nodes(genomes, Structure.of(genomes))
+    data = Datasets.validated(np.stack([X] * len(exprs)), Y)
+    index = np.arange(len(exprs))
+    ours = refine_nodes(nodes, data, index, solver_settings("float64", max_iter=30),
+                        dtype="float64")
+    theirs = refine_constants(exprs, np.stack([X] * len(exprs)), Y, dataset_index=index,
+                              dtype="float64", max_iter=30)
+    np.testing.assert_allclose(ours.nmse * data.variance, theirs.loss, rtol=1e-9)
+    for i, e in enumerate(exprs):
+        np.testing.assert_allclose(ours.params[i, : e.n_constants], theirs.constants[i],
+                                   rtol=1e-9)

@@ -11,7 +11,14 @@ from jaxsr.expr.compiler import assemble
 from jaxsr.expr.random_trees import random_expr
 from jaxsr.search import SearchSettings, evolve
 from jaxsr.search import engine, fitness, selection, variation
-from jaxsr.search.population import Genomes, Structure, Terms, program_size, to_nodes
+from jaxsr.search.population import (
+    FreeSum,
+    Genomes,
+    Structure,
+    Terms,
+    program_size,
+    to_nodes,
+)
 
 SMALL = dict(population_size=256, max_length=24, seed=0)
 
@@ -178,6 +185,38 @@ def test_terms_split_sums_in_prefix_order():
         # Outside the terms there are no constants: theirs, in order, are the formula's.
         own = np.concatenate([t.constants() for t in parts] + [np.zeros(0)])
         np.testing.assert_array_equal(own, e.constants())
+
+
+def test_free_sum_is_the_scaled_sum_of_the_terms_and_splits_back():
+    exprs = [Expr.from_sympy(f, ["x", "y"]) for f in
+             ("3*x - 2*x*y - x**2", "sin(1.5*x)*y", "x + 0.5*y + x*y + y**2 + sin(x) + cos(y)")]
+    genomes, _ = Genomes.from_exprs(exprs, 24)
+    terms = Terms.of(genomes, Structure.of(genomes), max_terms=4)
+    rng = np.random.default_rng(0)
+    intercept, coefficients = rng.normal(size=3), rng.normal(size=(3, 4)) * terms.used
+    free = FreeSum.of(genomes, terms, intercept, coefficients)
+    assert _is_valid(free.genomes)
+    assert list(free.genomes.length) == list(genomes.length + 2 + 2 * terms.count)
+    X = rng.uniform(0.5, 2.0, (20, 2))
+    for i in range(3):
+        parts = terms.exprs(genomes, i)
+        expected = intercept[i] + sum(b * t.evaluate(X) for b, t in zip(coefficients[i], parts))
+        np.testing.assert_allclose(free.genomes.to_expr(i).evaluate(X), expected, rtol=1e-12)
+    # The free rows' constants, in order, split back into the rows, a and b exactly.
+    nodes = free.nodes()
+    value, a, b = free.split(nodes.constants, genomes.value)
+    np.testing.assert_array_equal(value, genomes.value)
+    np.testing.assert_array_equal(a, intercept)
+    np.testing.assert_array_equal(b, coefficients)
+    # New constants land where they belong: the rows' own ones and the scaling.
+    moved = nodes.constants + np.arange(nodes.constants.shape[1])
+    value, a, b = free.split(moved, genomes.value)
+    changed = Genomes(genomes.kind, genomes.arg, value, genomes.length)
+    for i in range(3):
+        parts = terms.exprs(changed, i)
+        fitted = a[i] + sum(w * t.evaluate(X) for w, t in zip(b[i], parts))
+        refined = free.genomes.to_expr(i).with_constants(moved[i, : nodes.n_constants[i]])
+        np.testing.assert_allclose(fitted, refined.evaluate(X), rtol=1e-12)
 
 
 def test_term_scaling_fits_every_coefficient():

@@ -63,23 +63,32 @@ class ProgramSize:
     @staticmethod
     def fitting(exprs: Sequence[Expr], multiple: int = 4) -> ProgramSize:
         """The smallest size holding ``exprs``, each field rounded up to ``multiple``."""
-        templates = [_template(e) for e in exprs]
-        up = lambda n: max(multiple, -(-int(n) // multiple) * multiple)
-        return ProgramSize(
-            ops=up(np.ceil(sum(t.n_ops for t in templates) / max(len(templates), 1))),
-            constants=up(max((t.n_consts for t in templates), default=0)),
-            depth=up(max((int(t.height.max(initial=0)) for t in templates), default=0)),
-        )
+        return ProgramSize.of_nodes(Nodes.of_exprs(exprs), multiple)
 
-    def check(self, templates) -> None:
-        total_ops = sum(t.n_ops for t in templates)
-        if total_ops > len(templates) * self.ops:
-            raise ValueError(f"{len(templates)} expressions hold {total_ops} operator nodes; "
-                             f"{self} holds {len(templates) * self.ops}")
-        for i, t in enumerate(templates):
-            if t.n_consts > self.constants or t.height.max(initial=0) > self.depth:
-                raise ValueError(f"expression {i} ({t.n_consts} constants, depth "
-                                 f"{t.height.max(initial=0)}) does not fit {self}")
+    @staticmethod
+    def of_nodes(nodes: Nodes, multiple: int = 4) -> ProgramSize:
+        """The smallest size holding the programs of ``nodes``, each field rounded up to
+        ``multiple``."""
+        up = lambda n: max(multiple, -(-int(n) // multiple) * multiple)
+        n_ops = np.count_nonzero(nodes.kind == KIND_OP)
+        return ProgramSize(ops=up(np.ceil(n_ops / max(nodes.n_programs, 1))),
+                           constants=up(nodes.n_constants.max(initial=0)),
+                           depth=up(nodes.height.max(initial=0)))
+
+    def check(self, nodes: Nodes) -> None:
+        """Raises ValueError where the programs of ``nodes`` do not fit."""
+        B = nodes.n_programs
+        total_ops = np.count_nonzero(nodes.kind == KIND_OP)
+        if total_ops > B * self.ops:
+            raise ValueError(f"{B} expressions hold {total_ops} operator nodes; "
+                             f"{self} holds {B * self.ops}")
+        height = np.zeros(B, np.int64)
+        np.maximum.at(height, nodes.program, nodes.height)
+        bad = np.flatnonzero((nodes.n_constants > self.constants) | (height > self.depth))
+        if len(bad):
+            i = bad[0]
+            raise ValueError(f"expression {i} ({nodes.n_constants[i]} constants, depth "
+                             f"{height[i]}) does not fit {self}")
 
 
 @register_pytree_node_class
@@ -155,7 +164,6 @@ class _Template:
     fixed: np.ndarray     # value of fixed leaves
     children: np.ndarray  # (n, 2) local child indices, -1 where absent
     height: np.ndarray
-    n_ops: int
     n_consts: int
     constants: np.ndarray
 
@@ -183,8 +191,7 @@ def _template(expr: Expr) -> _Template:
             kids = [index[id(c)] for c in node.children]
             children[i, : len(kids)] = kids
             height[i] = 1 + max(height[k] for k in kids)
-    return _Template(kind, arg, fixed, children, height, int(np.sum(kind == KIND_OP)),
-                     n_consts, expr.constants())
+    return _Template(kind, arg, fixed, children, height, n_consts, expr.constants())
 
 
 def compile_programs(
@@ -203,10 +210,10 @@ def compile_programs(
     exprs = list(exprs)
     if not exprs:
         raise ValueError("compile_programs needs at least one expression")
-    size = size or ProgramSize.fitting(exprs)
-    templates = [_template(e) for e in exprs]
-    size.check(templates)
-    return assemble(Nodes.concatenate(templates), size, chunk)
+    nodes = Nodes.of_exprs(exprs)
+    size = size or ProgramSize.of_nodes(nodes)
+    size.check(nodes)
+    return assemble(nodes, size, chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +235,8 @@ class Nodes:
       root: (B,) global index of each program's root.
       constants: (B, K') float constants of each program in prefix order, zero-padded.
       n_constants: (B,) constants in use per program.
+
+    The nodes of each program are contiguous, programs in order (``take`` relies on it).
     """
 
     kind: np.ndarray
@@ -239,6 +248,14 @@ class Nodes:
     root: np.ndarray
     constants: np.ndarray
     n_constants: np.ndarray
+
+    @property
+    def n_programs(self) -> int:
+        return len(self.root)
+
+    @staticmethod
+    def of_exprs(exprs: Sequence[Expr]) -> Nodes:
+        return Nodes.concatenate([_template(e) for e in exprs])
 
     @staticmethod
     def concatenate(templates: Sequence[_Template]) -> Nodes:
@@ -255,6 +272,33 @@ class Nodes:
             height=cat("height"),
             program=np.repeat(np.arange(len(templates)), lengths).astype(np.int32),
             root=np.cumsum(lengths) - 1, constants=constants, n_constants=n_constants)
+
+    def take(self, programs) -> Nodes:
+        """The nodes of ``programs`` (indices, in that order). An index of -1 gives a filler
+        program, the variable x_0 alone, for padding a batch to a fixed size."""
+        programs = np.asarray(programs, np.int64)
+        count = np.bincount(self.program, minlength=self.n_programs)
+        first = np.cumsum(count) - count
+        filler = programs < 0
+        source_first = np.where(filler, 0, first[programs])
+        out_count = np.where(filler, 1, count[programs])
+        out_first = np.cumsum(out_count) - out_count
+        program = np.repeat(np.arange(len(programs), dtype=np.int32), out_count)
+        # Each output node's source node, and the shift of its program's node indices.
+        source = source_first[program] + np.arange(len(program)) - out_first[program]
+        fill = filler[program]
+        shift = (out_first - source_first)[program]
+        kids = self.children[source]
+        return Nodes(
+            kind=np.where(fill, KIND_VAR, self.kind[source]).astype(self.kind.dtype),
+            arg=np.where(fill, 0, self.arg[source]).astype(self.arg.dtype),
+            fixed=np.where(fill, 0.0, self.fixed[source]),
+            children=np.where(fill[:, None] | (kids < 0), -1, kids + shift[:, None]),
+            height=np.where(fill, 0, self.height[source]).astype(self.height.dtype),
+            program=program,
+            root=np.where(filler, out_first, self.root[programs] - source_first + out_first),
+            constants=np.where(filler[:, None], 0.0, self.constants[programs]),
+            n_constants=np.where(filler, 0, self.n_constants[programs]))
 
 
 def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None,

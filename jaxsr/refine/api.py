@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import parallel
-from jaxsr.expr.compiler import ProgramSize, compile_programs
-from jaxsr.expr.tree import Expr, parse_prefix
+from jaxsr.expr.compiler import Nodes, ProgramSize, assemble
+from jaxsr.expr.tree import Expr
 from jaxsr.refine import batched, solvers
 from jaxsr.refine.objective import CandidateBatch
-from jaxsr.shapes import next_power_of_two, pad_to
+from jaxsr.shapes import next_power_of_two
 
 STATUS_OK, STATUS_NON_FINITE, STATUS_NO_CONSTANTS = "ok", "non-finite", "no constants"
 # "batched" (the default) is jaxsr's own L-BFGS with the line search flattened into its loop
@@ -118,71 +118,169 @@ def refine_constants(
     exprs = list(exprs)
     if not exprs:
         raise ValueError("refine_constants needs at least one expression")
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     if init not in ("model", "random"):
         raise ValueError(f"init must be 'model' or 'random', got {init!r}")
+    dtype = np.dtype(dtype or np.float32)
+    settings = solver_settings(dtype, max_iter=max_iter, tol=tol, solver=solver,
+                               linesearch=linesearch, max_linesearch=max_linesearch)
+    datasets = Datasets.validated(X, y, sample_weight)
+    dataset_index = datasets.index(dataset_index, len(exprs))
+    nodes = Nodes.of_exprs(exprs)
+    params0 = None
+    if init == "random":
+        # Drawn at the solver's width, so that a seed gives the same start in every version.
+        width = _at_least(_bucketed(ProgramSize.of_nodes(nodes)), min_size).constants
+        draws = np.random.default_rng(seed).standard_normal((nodes.n_programs, width))
+        params0 = np.where(np.arange(width) < nodes.n_constants[:, None], draws, 0.0)
+    refined = refine_nodes(nodes, datasets, dataset_index, settings, dtype=dtype,
+                           params0=params0, min_size=min_size)
+    variance = datasets.variance[dataset_index]
+    constants = [refined.params[i, : e.n_constants] for i, e in enumerate(exprs)]
+    return RefineResult(
+        exprs=[e.with_constants(c) if e.n_constants else e for e, c in zip(exprs, constants)],
+        constants=constants, loss=refined.nmse * variance, r2=1.0 - refined.nmse,
+        initial_loss=refined.initial_nmse * variance, iterations=refined.iterations,
+        converged=refined.converged, status=refined.status,
+        seconds=time.perf_counter() - start)
+
+
+def solver_settings(dtype, max_iter: int = 50, tol: float | None = None,
+                    solver: str = "batched", linesearch: str = "zoom",
+                    max_linesearch: int = 20) -> solvers.Settings:
+    """The solver's settings, validated (arguments as for ``refine_constants``); ``tol`` and
+    the exact-fit and stall thresholds default to levels ``dtype`` resolves."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     if linesearch not in ("zoom", "backtracking"):
         raise ValueError(f"linesearch must be 'zoom' or 'backtracking', got {linesearch!r}")
-    dtype = np.dtype(dtype or np.float32)
+    dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    X, y, weight, dataset_index = _datasets(X, y, sample_weight, dataset_index, len(exprs))
+    wide = dtype == np.float64
     if tol is None:
-        tol = 1e-10 if dtype == np.float64 else 1e-6
-    settings = solvers.Settings(solver=solver, max_iter=int(max_iter), tol=float(tol),
-                                linesearch=linesearch, max_linesearch=int(max_linesearch),
-                                exact_fit=1e-28 if dtype == np.float64 else 1e-12,
-                                ftol=1e-13 if dtype == np.float64 else 1e-6)
+        tol = 1e-10 if wide else 1e-6
+    return solvers.Settings(solver=solver, max_iter=int(max_iter), tol=float(tol),
+                            linesearch=linesearch, max_linesearch=int(max_linesearch),
+                            exact_fit=1e-28 if wide else 1e-12, ftol=1e-13 if wide else 1e-6)
 
+
+@dataclasses.dataclass(frozen=True)
+class Datasets:
+    """Datasets candidates are refined on, validated: X (P, N, D), y (P, N), weight (P, N)
+    summing to 1 per dataset (0 excludes a point; X and y are 0 there), and the weighted
+    variance of each y (P,), 1 for a constant y."""
+
+    X: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray
+    variance: np.ndarray
+
+    @staticmethod
+    def validated(X, y, sample_weight=None) -> Datasets:
+        """From X (N, D) with y (N,), or X (P, N, D) with y (P, N); one-line errors name
+        what is wrong."""
+        X = np.asarray(X, np.float64)
+        y = np.asarray(y, np.float64)
+        if X.ndim == 2 and y.ndim == 1:
+            X, y = X[None], y[None]
+            if sample_weight is not None and np.ndim(sample_weight) == 1:
+                sample_weight = np.asarray(sample_weight)[None]
+        if X.ndim != 3 or y.ndim != 2 or X.shape[:2] != y.shape:
+            raise ValueError(f"expected X (N, D) with y (N,), or X (P, N, D) with y (P, N); "
+                             f"got X {X.shape} and y {y.shape}")
+        weight = (np.ones_like(y) if sample_weight is None
+                  else np.asarray(sample_weight, np.float64))
+        weight = np.broadcast_to(weight.reshape(y.shape) if weight.size == y.size else weight,
+                                 y.shape)
+        if np.any(~np.isfinite(weight)) or np.any(weight < 0):
+            raise ValueError("sample_weight must be finite and non-negative")
+        used = weight > 0
+        if np.any(~np.isfinite(X[used])) or np.any(~np.isfinite(y[used])):
+            raise ValueError("X and y must be finite where sample_weight > 0 (NaN or inf found)")
+        if np.any(used.sum(axis=1) < 2):
+            raise ValueError("every dataset needs at least 2 points with positive weight")
+        weight = weight / weight.sum(axis=1, keepdims=True)
+        y = np.where(used, y, 0.0)
+        mean = np.sum(weight * y, axis=1, keepdims=True)
+        variance = np.sum(weight * (y - mean) ** 2, axis=1)
+        return Datasets(np.where(used[..., None], X, 0.0), y, weight,
+                        np.where(variance > 0, variance, 1.0))
+
+    def index(self, dataset_index, n_candidates: int) -> np.ndarray:
+        """``dataset_index`` checked against the datasets (None: all on the only one)."""
+        if dataset_index is None:
+            if len(self.y) > 1:
+                raise ValueError(f"X holds {len(self.y)} datasets: pass dataset_index "
+                                 f"(one per candidate)")
+            return np.zeros(n_candidates, np.int64)
+        dataset_index = np.asarray(dataset_index)
+        if (dataset_index.shape != (n_candidates,)
+                or not np.issubdtype(dataset_index.dtype, np.integer)):
+            raise ValueError(f"dataset_index must be {n_candidates} integers, "
+                             f"got {dataset_index.shape}")
+        if dataset_index.min() < 0 or dataset_index.max() >= len(self.y):
+            raise ValueError(f"dataset_index out of range [0, {len(self.y)})")
+        return dataset_index
+
+
+@dataclasses.dataclass
+class Refined:
+    """What ``refine_nodes`` found, per candidate (arrays of length B).
+
+    Attributes:
+      params: (B, K) float64 refined constants in each program's constant order (the
+        start point where no finite loss was reached).
+      nmse, initial_nmse: loss after and before (weighted MSE / variance of y; the start's
+        where no finite loss was reached, NaN if none was finite).
+      iterations, converged, status: as in ``RefineResult``.
+    """
+
+    params: np.ndarray
+    nmse: np.ndarray
+    initial_nmse: np.ndarray
+    iterations: np.ndarray
+    converged: np.ndarray
+    status: np.ndarray
+
+
+def refine_nodes(nodes: Nodes, datasets: Datasets, dataset_index: np.ndarray,
+                 settings: solvers.Settings, *, dtype=np.float32, params0=None,
+                 min_size: ProgramSize | None = None) -> Refined:
+    """``refine_constants`` for candidates already in array form: the interpreter's flat
+    node arrays (``compiler.Nodes``, as the search builds them from its populations), with
+    no trees on the way in or out.
+
+    ``params0`` (B, >= K) is the start point; default the programs' own constants.
+    ``settings`` comes from ``solver_settings``.
+    """
+    dtype = np.dtype(dtype)
+    size = _at_least(_bucketed(ProgramSize.of_nodes(nodes)), min_size)
+    K = size.constants
+    start = nodes.constants if params0 is None else np.asarray(params0, np.float64)
+    params0 = np.zeros((nodes.n_programs, K))
+    width = min(K, start.shape[1])
+    params0[:, :width] = start[:, :width]
+    has_constants = nodes.n_constants > 0
     with jax.enable_x64(dtype == np.float64):
-        outcome, initial, params0, has_constants = _refine_on_devices(
-            exprs, X, y, weight, dataset_index, init, seed, dtype, settings, min_size)
-
-    variance = _weighted_variance(y, weight)[dataset_index]
-    return _result(exprs, outcome, initial, params0, has_constants, variance,
-                   time.perf_counter() - start)
-
-
-def _result(exprs, outcome, initial, params0, has_constants, variance, seconds) -> RefineResult:
-    """Assembles per-candidate results from the solver's normalised outcome."""
+        data = _Data(jnp.asarray(datasets.X, dtype), jnp.asarray(datasets.y, dtype),
+                     jnp.asarray(datasets.weight, dtype), dataset_index,
+                     1.0 / datasets.variance[dataset_index])
+        if settings.solver == "batched":
+            run = functools.partial(_refine_in_rounds, min_size=min_size)
+        else:
+            run = _refine_lockstep
+        outcome, initial = run(nodes, data, params0.astype(dtype), has_constants, size,
+                               settings)
     # Candidates without constants were never optimised: their loss is the initial one.
     value = np.where(has_constants, outcome.value, initial)
     value = np.where(np.isfinite(value), value, np.where(np.isfinite(initial), initial, np.nan))
-    params = np.where(np.isfinite(outcome.value)[:, None], outcome.params, params0)
+    params = np.where(np.isfinite(outcome.value)[:, None],
+                      np.asarray(outcome.params, np.float64), params0)
     status = np.where(~has_constants, STATUS_NO_CONSTANTS,
                       np.where(outcome.non_finite | ~np.isfinite(initial),
                                STATUS_NON_FINITE, STATUS_OK))
-    constants = [params[i, : e.n_constants].astype(np.float64) for i, e in enumerate(exprs)]
-    return RefineResult(
-        exprs=[e.with_constants(c) if e.n_constants else e for e, c in zip(exprs, constants)],
-        constants=constants, loss=value * variance, r2=1.0 - value,
-        initial_loss=initial * variance, iterations=outcome.iterations,
-        converged=outcome.converged & has_constants, status=status, seconds=seconds)
-
-
-def _refine_on_devices(exprs, X, y, weight, dataset_index, init, seed, dtype, settings,
-                       min_size=None):
-    """Runs the solver with the candidates split over the local devices (pmap) when there
-    are several; returns host arrays (outcome, initial loss, start point, has-constants)."""
-    size = _at_least(_bucketed(ProgramSize.fitting(exprs)), min_size)
-    params0 = np.zeros((len(exprs), size.constants))
-    for i, e in enumerate(exprs):
-        params0[i, : e.n_constants] = e.constants()
-    mask = np.arange(size.constants) < np.array([e.n_constants for e in exprs])[:, None]
-    if init == "random":
-        draws = np.random.default_rng(seed).standard_normal(params0.shape)
-        params0 = np.where(mask, draws, 0.0)
-    params0 = params0.astype(dtype)
-    has_constants = mask.any(axis=1)
-    data = _Data(jnp.asarray(X, dtype), jnp.asarray(y, dtype), jnp.asarray(weight, dtype),
-                 dataset_index, 1.0 / _weighted_variance(y, weight)[dataset_index])
-    if settings.solver == "batched":
-        run = functools.partial(_refine_in_rounds, min_size=min_size)
-    else:
-        run = _refine_lockstep
-    outcome, initial = run(exprs, data, params0, has_constants, size, settings)
-    return outcome, initial, params0, has_constants
+    return Refined(params, value, np.asarray(initial, np.float64), outcome.iterations,
+                   outcome.converged & has_constants, status)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,16 +298,22 @@ class _Shards:
     """Some candidates padded and split over the local devices, as a ``CandidateBatch``
     with a leading device axis.
 
-    Padding lanes hold ``_FILLER`` (no operators, no constants) and are never active.
+    Padding lanes hold filler programs (``Nodes.take``'s -1: no operators, no constants)
+    and are never active.
     """
 
-    def __init__(self, exprs, lanes, data: _Data, size: ProgramSize, per_shard: int | None,
-                 dtype):
+    def __init__(self, nodes: Nodes, lanes, data: _Data, size: ProgramSize,
+                 per_shard: int | None, dtype):
+        """``size``: the capacities, of which ``ops`` is a minimum: it grows to what the
+        fullest shard needs (bucketed)."""
         self.split = parallel.Split.of(len(lanes), per_device=per_shard)
-        padded = pad_to([exprs[i] for i in lanes], self.split.total, _FILLER)
+        padded = np.full(self.split.total, -1)
+        padded[: len(lanes)] = lanes
         per = self.split.per_device
-        programs = [compile_programs(padded[i * per:(i + 1) * per], size)
-                    for i in range(self.split.devices)]
+        shards = [nodes.take(padded[i * per:(i + 1) * per]) for i in range(self.split.devices)]
+        ops = max([size.ops] + [_bucketed(ProgramSize.of_nodes(s)).ops for s in shards])
+        size = dataclasses.replace(size, ops=ops)
+        programs = [assemble(s, size) for s in shards]
         self.problem = CandidateBatch(
             jax.tree.map(lambda *leaves: np.stack(leaves), *programs), data.X, data.y,
             data.weight, self.pad_and_shard(data.dataset_index[lanes].astype(np.int32), 0),
@@ -224,9 +328,9 @@ class _Shards:
         return self.split.unshard(jax.device_get(tree))
 
 
-def _refine_lockstep(exprs, data, params0, has_constants, size, settings):
+def _refine_lockstep(nodes, data, params0, has_constants, size, settings):
     """jaxopt / optax: every candidate in one vmapped solver loop per device."""
-    shards = _Shards(exprs, np.arange(len(exprs)), data, size, None, params0.dtype)
+    shards = _Shards(nodes, np.arange(nodes.n_programs), data, size, None, params0.dtype)
     outcome, initial = _pmapped_lockstep(settings)(
         shards.problem, shards.pad_and_shard(params0), shards.pad_and_shard(has_constants))
     return shards.unshard(outcome), shards.unshard(initial)
@@ -245,19 +349,18 @@ def _lockstep(problem: CandidateBatch, params0, has_constants, settings: solvers
 SHRINK, MIN_LANES = 4, 64
 
 
-def _refine_in_rounds(exprs, data, params0, has_constants, size, settings, min_size=None):
+def _refine_in_rounds(nodes, data, params0, has_constants, size, settings, min_size=None):
     """The batched solver, in rounds over ever smaller batches of the active candidates."""
     n_devices = parallel.device_count()
     state = batched.initial_state(params0, has_constants, settings.history, settings.max_iter)
     # The budget travels in the state: one compiled round serves every max_iter.
     round_settings = dataclasses.replace(settings, max_iter=0)
-    lanes = np.arange(len(exprs))
+    # Each round's operator capacity follows its own lanes (at least min_size's).
+    round_size = dataclasses.replace(size, ops=min_size.ops if min_size else 4)
+    lanes = np.arange(nodes.n_programs)
     while len(lanes):
         per_shard = next_power_of_two(-(-len(lanes) // n_devices), MIN_LANES)
-        round_size = ProgramSize(
-            _at_least(_bucketed(ProgramSize.fitting([exprs[i] for i in lanes])), min_size).ops,
-            size.constants, size.depth)
-        shards = _Shards(exprs, lanes, data, round_size, per_shard, params0.dtype)
+        shards = _Shards(nodes, lanes, data, round_size, per_shard, params0.dtype)
         start = {k: shards.pad_and_shard(v[lanes], v[0]) for k, v in state.items()}
         start["active"] = shards.pad_and_shard(state["active"][lanes], False)
         max_active = per_shard // SHRINK if per_shard > MIN_LANES else 0
@@ -302,43 +405,3 @@ def _pmapped_round(settings: solvers.Settings):
 # Programs and per-candidate arrays are split over devices; the datasets are replicated.
 _AXES = CandidateBatch(programs=0, X=None, y=None, weight=None, dataset_index=0,
                        inverse_variance=0)
-_FILLER = parse_prefix("x_0")
-
-
-def _datasets(X, y, sample_weight, dataset_index, n_candidates):
-    """Validates and normalises the data to (P, N, D), (P, N), weights (P, N), index (B,)."""
-    X = np.asarray(X, np.float64)
-    y = np.asarray(y, np.float64)
-    if X.ndim == 2 and y.ndim == 1:
-        X, y = X[None], y[None]
-        if dataset_index is None:
-            dataset_index = np.zeros(n_candidates, np.int64)
-    if X.ndim != 3 or y.ndim != 2 or X.shape[:2] != y.shape:
-        raise ValueError(f"expected X (N, D) with y (N,), or X (P, N, D) with y (P, N); "
-                         f"got X {X.shape} and y {y.shape}")
-    if dataset_index is None:
-        raise ValueError(f"X holds {X.shape[0]} datasets: pass dataset_index (one per candidate)")
-    dataset_index = np.asarray(dataset_index)
-    if dataset_index.shape != (n_candidates,) or not np.issubdtype(dataset_index.dtype, np.integer):
-        raise ValueError(f"dataset_index must be {n_candidates} integers, got {dataset_index.shape}")
-    if dataset_index.min() < 0 or dataset_index.max() >= X.shape[0]:
-        raise ValueError(f"dataset_index out of range [0, {X.shape[0]})")
-    weight = np.ones_like(y) if sample_weight is None else np.asarray(sample_weight, np.float64)
-    weight = np.broadcast_to(weight.reshape(y.shape) if weight.size == y.size else weight, y.shape)
-    if np.any(~np.isfinite(weight)) or np.any(weight < 0):
-        raise ValueError("sample_weight must be finite and non-negative")
-    used = weight > 0
-    if np.any(~np.isfinite(X[used])) or np.any(~np.isfinite(y[used])):
-        raise ValueError("X and y must be finite where sample_weight > 0 (NaN or inf found)")
-    if np.any(used.sum(axis=1) < 2):
-        raise ValueError("every dataset needs at least 2 points with positive weight")
-    X = np.where(used[..., None], X, 0.0)
-    y = np.where(used, y, 0.0)
-    return X, y, weight / weight.sum(axis=1, keepdims=True), dataset_index
-
-
-def _weighted_variance(y: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """(P,) weighted variance of each dataset (weights sum to 1); 1 for a constant y."""
-    mean = np.sum(weight * y, axis=1, keepdims=True)
-    variance = np.sum(weight * (y - mean) ** 2, axis=1)
-    return np.where(variance > 0, variance, 1.0)

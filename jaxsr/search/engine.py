@@ -23,8 +23,8 @@ One generation, for all problems at once:
    CPU, so the model is asked only where the search is stuck, and proposals take at most
    ``proposal_share`` of the time.
 
-The search never builds trees inside the loop except for the few formulas that go through
-L-BFGS or to the proposer, and never calls sympy.
+The search never builds trees inside the loop except for the few formulas that go to the
+proposer (L-BFGS takes the array form too: ``population.FreeSum``), and never calls sympy.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from jaxsr.checks import check_int
 from jaxsr.data import trees
 from jaxsr.data.config import GeneratorConfig
 from jaxsr.expr import operators
-from jaxsr.expr.compiler import KIND_CONST, ProgramSize
+from jaxsr.expr.compiler import KIND_CONST, Nodes, ProgramSize
 from jaxsr.expr.tree import Expr
-from jaxsr.refine import refine_constants
+from jaxsr.refine.api import Refined, refine_nodes, solver_settings
 from jaxsr.search import cores, fitness, selection, variation
-from jaxsr.search.population import Genomes, Structure, Terms
+from jaxsr.search.population import FreeSum, Genomes, Structure, Terms
 from jaxsr.shapes import next_power_of_two
 
 # Where a formula came from; a child of any variation is "evolved".
@@ -583,33 +583,28 @@ class _Search:
             return population
         genomes, scores = population.genomes.take(rows), population.scores.take(rows)
         terms = Terms.of(genomes, population.structure.take(rows), fitness.MAX_TERMS)
-        parts = [terms.exprs(genomes, i) for i in range(genomes.size)]
-        exprs = [free_sum(t, scores.intercept[i], scores.coefficients[i])
-                 for i, t in enumerate(parts)]
-        result = self._lbfgs(exprs, population.problem[rows],
-                             iterations or self.settings.refine_iterations)
-        nmse = result.loss / self.data.variance[population.problem[rows]]
-        better = np.isfinite(nmse) & (nmse < scores.nmse)
-        for i in np.flatnonzero(better):
-            a, b, own = split_free_sum(result.constants[i], parts[i])
-            genomes.value[i, genomes.kind[i] == KIND_CONST] = own
-            population.scores.intercept[rows[i]] = a
-            population.scores.coefficients[rows[i], : len(b)] = b
-            population.scores.nmse[rows[i]] = nmse[i]
-        population.genomes.value[rows] = genomes.value
+        free = FreeSum.of(genomes, terms, scores.intercept, scores.coefficients)
+        refined = self._lbfgs(free.nodes(), population.problem[rows],
+                              iterations or self.settings.refine_iterations)
+        better = np.isfinite(refined.nmse) & (refined.nmse < scores.nmse)
+        value, intercept, coefficients = free.split(refined.params, genomes.value)
+        changed = rows[better]
+        population.genomes.value[changed] = value[better]
+        population.scores.intercept[changed] = intercept[better]
+        population.scores.coefficients[changed] = coefficients[better]
+        population.scores.nmse[changed] = refined.nmse[better]
         return population
 
-    def _lbfgs(self, exprs, problem, iterations: int):
+    def _lbfgs(self, nodes: Nodes, problem: np.ndarray, iterations: int) -> Refined:
         started = time.perf_counter()
+        settings = solver_settings(self.settings.dtype, max_iter=iterations)
         # The solver is synchronous (nothing to overlap) and its many small steps ran
         # faster with XLA's threads on every core (measured); so does its compilation.
         with cores.shared_cores():
-            result = refine_constants(exprs, self.data.X, self.data.y,
-                                      sample_weight=self.data.weight, dataset_index=problem,
-                                      max_iter=iterations, dtype=self.settings.dtype,
-                                      min_size=self.refine_size)
+            refined = refine_nodes(nodes, self.data, problem, settings,
+                                   dtype=self.settings.dtype, min_size=self.refine_size)
         self.clock.device += time.perf_counter() - started
-        return result
+        return refined
 
     # ------------------------------------------------------------------ model proposals
 
@@ -760,27 +755,6 @@ def _formula(population: _Population, row: int) -> Expr:
     terms = Terms.of(genomes, Structure.of(genomes), fitness.MAX_TERMS)
     return fitted_sum(terms.exprs(genomes, 0), population.scores.intercept[row],
                       population.scores.coefficients[row])
-
-
-def free_sum(terms: Sequence[Expr], intercept: float, coefficients) -> Expr:
-    """``a + b_1 t_1 + ... + b_k t_k`` with a and every b_k a constant of its own, for
-    L-BFGS: in prefix order the constants are a, then b_1 and t_1's, b_2 and t_2's, ..."""
-    *rest, last = [Expr.op("mul", Expr.const(b), t) for t, b in zip(terms, coefficients)]
-    body = last
-    for product in reversed(rest):
-        body = Expr.op("add", product, body)
-    return Expr.op("add", Expr.const(intercept), body)
-
-
-def split_free_sum(constants: np.ndarray, terms: Sequence[Expr]):
-    """The constants of a refined ``free_sum`` split into (a, b (k,), the terms' own
-    constants in order)."""
-    b, own, at = [], [], 1
-    for t in terms:
-        b.append(constants[at])
-        own.extend(constants[at + 1: at + 1 + t.n_constants])
-        at += 1 + t.n_constants
-    return constants[0], np.asarray(b), np.asarray(own)
 
 
 def fitted_sum(terms: Sequence[Expr], intercept: float, coefficients) -> Expr:

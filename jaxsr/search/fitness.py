@@ -25,6 +25,7 @@ from jax import lax
 
 from jaxsr.expr.compiler import assemble
 from jaxsr.expr.interpreter import evaluate_taps
+from jaxsr.refine.api import Datasets
 from jaxsr.search.population import Genomes, Structure, Terms, program_size, to_nodes
 from jaxsr.shapes import next_power_of_two
 
@@ -50,14 +51,10 @@ def padded_points(n: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Data:
+class Data(Datasets):
     """The problems a search fits, stacked: X (Q, N, D), y (Q, N), weights (Q, N) summing to
-    1 per problem (0 on padding), and the weighted variance of each y (Q,)."""
-
-    X: np.ndarray
-    y: np.ndarray
-    weight: np.ndarray
-    variance: np.ndarray
+    1 per problem (0 on padding), and the weighted variance of each y (Q,); the same
+    ``Datasets`` L-BFGS refines on, padded for the evaluator."""
 
     @staticmethod
     def stack(problems, width: int | None = None) -> Data:

@@ -330,3 +330,89 @@ class Terms:
         """Row ``row``'s terms as trees."""
         one = self.take([row]).genomes(genomes.take([row]))
         return [one.to_expr(k) for k in range(int(self.count[row]))]
+
+
+# ---------------------------------------------------------------------------- refinement form
+
+_ADD, _MUL = operators.OPCODE["add"], operators.OPCODE["mul"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FreeSum:
+    """Rows rewritten as ``a + b_1 t_1 + ... + b_k t_k`` over their terms (``Terms``), with
+    the intercept a and every weight b a constant of its own: the form whose constants
+    L-BFGS refines together (the terms' own constants with the scaling).
+
+    In prefix order a row reads ``add a (add (mul b_1 t_1) (... (mul b_k t_k)))``, so its
+    constants are a, then b_1 and t_1's, b_2 and t_2's, ...; it is ``2 + 2k`` nodes longer
+    than the original row (whose ``k - 1`` dissolved sums it drops, adding k - 1 of its own).
+    ``source`` maps each node to its position in the original row (-1 for the added ones)
+    and ``weight_at`` gives where each b_k stands (-1 for unused term slots).
+    """
+
+    genomes: Genomes
+    source: np.ndarray     # (P, W)
+    weight_at: np.ndarray  # (P, K)
+
+    @staticmethod
+    def of(genomes: Genomes, terms: Terms, intercept: np.ndarray,
+           coefficients: np.ndarray) -> FreeSum:
+        """The rows of ``genomes`` (split into ``terms``) with the fitted ``intercept``
+        (P,) and term ``coefficients`` (P, K) as the start values of a and b."""
+        P, L = genomes.kind.shape
+        K = terms.start.shape[1]
+        out = Genomes.empty(P, L + 2 + 2 * K)
+        source = np.full(out.kind.shape, -1, np.int64)
+        weight_at = np.full((P, K), -1, np.int64)
+        rows = np.arange(P)
+
+        def put(at, mask, kind, arg=0, value=0.0):
+            out.kind[rows[mask], at[mask]] = kind
+            out.arg[rows[mask], at[mask]] = arg
+            out.value[rows[mask], at[mask]] = value[mask] if np.ndim(value) else value
+
+        everyone = np.ones(P, bool)
+        put(np.zeros(P, np.int64), everyone, KIND_OP, _ADD)
+        put(np.ones(P, np.int64), everyone, KIND_CONST, value=intercept)
+        cursor = np.full(P, 2, np.int64)
+        span = np.arange(L)
+        for k in range(K):
+            used = k < terms.count
+            chained = k < terms.count - 1  # a further term follows: add (mul b t) rest
+            put(cursor, chained, KIND_OP, _ADD)
+            cursor += chained
+            put(cursor, used, KIND_OP, _MUL)
+            put(cursor + 1, used, KIND_CONST, value=coefficients[:, k])
+            weight_at[used, k] = cursor[used] + 1
+            cursor += 2 * used
+            n = np.where(used, terms.end[:, k] - terms.start[:, k], 0)
+            r, j = np.nonzero(span < n[:, None])
+            src, dst = terms.start[r, k] + j, cursor[r] + j
+            out.kind[r, dst], out.arg[r, dst] = genomes.kind[r, src], genomes.arg[r, src]
+            out.value[r, dst], source[r, dst] = genomes.value[r, src], src
+            cursor += n
+        out.length[:] = cursor
+        return FreeSum(out, source, weight_at)
+
+    def nodes(self) -> Nodes:
+        return to_nodes(self.genomes, Structure.of(self.genomes))
+
+    def split(self, params: np.ndarray, value: np.ndarray):
+        """Refined constants ``params`` (P, >= constants, in the rows' constant order)
+        back in the original form: returns the rows' ``value`` (a copy of the (P, L)
+        array with their own constants replaced), the intercepts (P,) and the
+        coefficients (P, K) (0 for unused slots)."""
+        g = self.genomes
+        is_const = (g.kind == KIND_CONST)
+        ordinal = np.cumsum(is_const, axis=1) - 1
+        r, c = np.nonzero(is_const)
+        refined = np.zeros(g.value.shape)
+        refined[r, c] = params[r, ordinal[r, c]]
+        own = is_const & (self.source >= 0)
+        r, c = np.nonzero(own)
+        value = value.copy()
+        value[r, self.source[r, c]] = refined[r, c]
+        used = self.weight_at >= 0
+        coefficients = np.where(used, np.take_along_axis(
+            refined, np.maximum(self.weight_at, 0), axis=1), 0.0)
+        return value, refined[:, 1], coefficients
