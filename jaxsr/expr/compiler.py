@@ -331,10 +331,10 @@ def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None,
         program=np.append(program, 0),
     )
     RB = B * size.ops
-    # Operand rows of the sorted nodes, padded to the capacity with "absent" (-1: the last
-    # entry of as_operand, the scalar 0), gathered once per field.
-    kids = _pad_rows(nodes.children[order], RB + chunk, fill=-1)
-    operands = jax.tree.map(lambda a: a[kids], as_operand)
+    # Operand rows of the sorted nodes, gathered once per field, then padded to the
+    # capacity with "absent" (the last entry of as_operand, the scalar 0).
+    kids = nodes.children[order]
+    operands = jax.tree.map(lambda a: _pad_rows(a[kids], RB + chunk, fill=a[-1]), as_operand)
     roots = jax.tree.map(lambda a: a[nodes.root], as_operand)
     tapped = None if taps is None else jax.tree.map(lambda a: a[taps], as_operand)
 

@@ -234,14 +234,17 @@ def to_nodes(genomes: Genomes, structure: Structure) -> Nodes:
     valid = np.arange(L) < genomes.length[:, None]
     slots = np.flatnonzero(valid)                                # the nodes, row-major
     pick = lambda a: a.reshape(P * L, *a.shape[2:])[slots]
-    offset = np.cumsum(genomes.length) - genomes.length          # global index of each root
-    index = offset[:, None] + np.arange(L)                       # global index of each slot
+    # 32-bit indices throughout: these (P, L) temporaries are most of the cost.
+    offset = (np.cumsum(genomes.length) - genomes.length).astype(np.int32)  # each root
+    index = offset[:, None] + np.arange(L, dtype=np.int32)      # global index of each slot
     # A node's second operand starts where its first one ends.
-    second = np.concatenate([structure.end[:, 1:], np.full((P, 1), L, np.int32)], axis=1)
+    second = np.empty((P, L), np.int32)
+    second[:, :-1], second[:, -1] = structure.end[:, 1:], L
+    second += offset[:, None]
     children = np.stack([np.where(structure.arity >= 1, index + 1, -1),
-                         np.where(structure.arity == 2, offset[:, None] + second, -1)], -1)
+                         np.where(structure.arity == 2, second, -1)], -1)
     is_const = (genomes.kind == KIND_CONST) & valid
-    ordinal = np.cumsum(is_const, axis=1) - 1
+    ordinal = np.cumsum(is_const, axis=1, dtype=np.int32) - 1
     n_constants = is_const.sum(axis=1)
     constants = np.zeros((P, max(1, n_constants.max(initial=0))))
     rows, cols = np.nonzero(is_const)
