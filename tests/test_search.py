@@ -320,6 +320,22 @@ def test_search_recovers_a_planted_formula(planted, dtype, digits):
     np.testing.assert_allclose(best.expr.evaluate(X), y, rtol=digits, atol=digits)
 
 
+def test_refinement_keeps_one_compiled_size_through_a_search(monkeypatch):
+    # The solver's tables have one size per search (a recompilation costs seconds).
+    from jaxsr.refine import api
+
+    sizes = []
+    assemble_for_solver = api.assemble
+    monkeypatch.setattr(api, "assemble", lambda nodes, size, *a, **k: (
+        sizes.append(size), assemble_for_solver(nodes, size, *a, **k))[1])
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0.5, 2.0, size=(80, 3))
+    y = np.exp(-X[:, 0]) * np.sin(2.5 * X[:, 1]) + X[:, 2] / (1 + X[:, 0])
+    evolve([(X, y), (X, np.cos(X[:, 0] * X[:, 1]))],
+           settings=SearchSettings(generations=12, target_r2=2.0, **SMALL))
+    assert len(sizes) > 12 and len(set(sizes)) == 1, set(sizes)
+
+
 def test_front_is_a_pareto_front(planted):
     X, y = planted
     result = evolve([(X, y)], settings=SearchSettings(generations=3, target_r2=2.0, **SMALL))
