@@ -292,15 +292,17 @@ class Terms:
         end = np.full((P, max_terms), L, np.int64)
         start[:, 0], end[:, 0] = 0, genomes.length
         count = np.ones(P, np.int64)
+        # Nodes that are add or sub, flat: each round reads it at every term's root.
+        flat_sum = ((genomes.kind == KIND_OP)
+                    & ((genomes.arg == _SUMS[0]) | (genomes.arg == _SUMS[1]))).reshape(-1)
+        flat_end = structure.end.reshape(-1)
+        row_start = (rows * L)[:, None]
         for _ in range(max_terms - 1):
-            root = np.minimum(start, L - 1)
-            kind = np.take_along_axis(genomes.kind, root, axis=1)
-            arg = np.take_along_axis(genomes.arg, root, axis=1)
-            is_sum = (kind == KIND_OP) & np.isin(arg, _SUMS) & (start < end)
+            is_sum = flat_sum[row_start + np.minimum(start, L - 1)] & (start < end)
             split = is_sum.any(axis=1) & (count < max_terms)
             j = np.argmax(is_sum, axis=1)
             r = start[rows, j]
-            first_end = structure.end[rows, np.minimum(r + 1, L - 1)]
+            first_end = flat_end[rows * L + np.minimum(r + 1, L - 1)]
             old_end = end[rows, j]
             s = np.flatnonzero(split)
             start[s, j[s]], end[s, j[s]] = r[s] + 1, first_end[s]
