@@ -128,7 +128,8 @@ def refine_constants(
     nodes = Nodes.of_exprs(exprs)
     params0 = None
     if init == "random":
-        # Drawn at the solver's width, so that a seed gives the same start in every version.
+        # Drawn at the solver's padded width: a seed's start points do not depend on how
+        # many constants the longest candidate has within its bucket.
         width = _at_least(_bucketed(ProgramSize.of_nodes(nodes)), min_size).constants
         draws = np.random.default_rng(seed).standard_normal((nodes.n_programs, width))
         params0 = np.where(np.arange(width) < nodes.n_constants[:, None], draws, 0.0)
@@ -183,8 +184,6 @@ class Datasets:
         y = np.asarray(y, np.float64)
         if X.ndim == 2 and y.ndim == 1:
             X, y = X[None], y[None]
-            if sample_weight is not None and np.ndim(sample_weight) == 1:
-                sample_weight = np.asarray(sample_weight)[None]
         if X.ndim != 3 or y.ndim != 2 or X.shape[:2] != y.shape:
             raise ValueError(f"expected X (N, D) with y (N,), or X (P, N, D) with y (P, N); "
                              f"got X {X.shape} and y {y.shape}")
