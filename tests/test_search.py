@@ -97,6 +97,23 @@ def test_every_variation_gives_valid_trees(operator):
     for field in ("kind", "arg", "value"):
         changed |= np.any(getattr(kept, field) != getattr(before, field), axis=1)
     assert changed.mean() > 0.3  # operators change most rows they touch
+    if operator in variation.SHAPE_PRESERVING:  # the search reuses the parents' structure
+        for field in ("end", "height", "arity"):
+            np.testing.assert_array_equal(getattr(Structure.of(kept), field),
+                                          getattr(Structure.of(before), field))
+
+
+def test_children_come_with_their_structure():
+    X = np.random.default_rng(0).uniform(0.5, 2.0, size=(60, 2))
+    settings = SearchSettings(generations=1, **SMALL)
+    search = engine._Search(settings, fitness.Data.stack([(X, X[:, 0] * X[:, 1], None)]),
+                            np.array([2]), np.random.default_rng(0), engine._Clock(settings),
+                            None)
+    population = search.initial([[]], engine.RANDOM_TREE, [(X, X[:, 0] * X[:, 1], None)])
+    child, structure, _ = search.offspring_genomes(population)
+    for field in ("end", "height", "arity"):
+        np.testing.assert_array_equal(getattr(structure, field),
+                                      getattr(Structure.of(child), field))
 
 
 def test_crossover_splices_the_chosen_subtrees():

@@ -521,16 +521,19 @@ class _Search:
         op = self.rng.choice(len(variation.OPERATORS), size=len(parents), p=self.rates)
         order = np.argsort(op, kind="stable")
         parents, mates, op = parents[order], mates[order], op[order]
-        child = self.vary(population.take(parents), population.take(mates), op)
-        return *variation.fold_constants(child), population.problem[parents]
+        child, structure = self.vary(population.take(parents), population.take(mates), op)
+        return *variation.fold_constants(child, structure), population.problem[parents]
 
-    def vary(self, parents: _Population, mates: _Population, op: np.ndarray) -> Genomes:
+    def vary(self, parents: _Population, mates: _Population, op: np.ndarray
+             ) -> tuple[Genomes, Structure]:
         """Operator ``op[i]`` (an index into ``variation.OPERATORS``, sorted) applied to row
-        i; a child that does not fit ``max_length`` is a copy of its parent."""
+        i; a child that does not fit ``max_length`` is a copy of its parent. Returns the
+        children and their structure (computed only for the rows whose shape changed)."""
         problem, mate_structure = parents.problem, mates.structure
         parents, structure, mates = parents.genomes, parents.structure, mates.genomes
         child = dataclasses.replace(parents, kind=parents.kind.copy(), arg=parents.arg.copy(),
                                     value=parents.value.copy(), length=parents.length.copy())
+        reshaped = np.zeros(child.size, bool)
         bounds = np.searchsorted(op, np.arange(len(variation.OPERATORS) + 1))
         for k, name in enumerate(variation.OPERATORS):
             rows = slice(bounds[k], bounds[k + 1])
@@ -540,7 +543,9 @@ class _Search:
                                      structure.take(rows), mate_structure.take(rows))
             for field in ("kind", "arg", "value", "length"):
                 getattr(child, field)[rows][fits] = getattr(made, field)[fits]
-        return child
+            reshaped[rows] = fits & (name not in variation.SHAPE_PRESERVING)
+        changed = np.flatnonzero(reshaped)
+        return child, structure.replace_rows(changed, Structure.of(child.take(changed)))
 
     def _apply(self, name, parents, mates, problem, structure, mate_structure):
         """Variation ``name`` on rows whose mates, problems and structures are given."""

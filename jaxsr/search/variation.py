@@ -21,6 +21,8 @@ from jaxsr.search.population import OP_ARITY, PAD, Genomes, Structure
 # The variation operators, in the order of ``Rates`` fields.
 OPERATORS = ("crossover", "subtree", "point", "constants", "insert_unary", "remove_unary",
              "hoist")
+# Operators that keep every node's arity, hence the row's ``Structure``.
+SHAPE_PRESERVING = ("point", "constants")
 
 
 @dataclasses.dataclass(frozen=True)
