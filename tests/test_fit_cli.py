@@ -1,6 +1,7 @@
 """``jaxsr fit DATA --target COLUMN``: file formats, output, and clear errors."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -107,3 +108,14 @@ def test_unusable_data_gets_a_clear_error(tmp_path, capsys, case):
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err
     assert captured.err.count("\n") == 1 and str(tmp_path / name) in captured.err
+
+
+def test_simplified_shows_polynomials_expanded():
+    import sympy
+
+    from jaxsr.regressor.command import simplified
+
+    x, y = sympy.symbols("x y")
+    shown = lambda e: simplified(SimpleNamespace(sympy=lambda: e))
+    assert shown(3.0 * x - 1.0 * ((x + y + y) * x)) == "-1.0*x**2 - 2.0*x*y + 3.0*x"
+    assert shown(sympy.sin(x) * (x + 1)) == "(x + 1.0)*sin(x)"  # not a polynomial: as is

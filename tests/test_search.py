@@ -97,23 +97,40 @@ def test_every_variation_gives_valid_trees(operator):
     for field in ("kind", "arg", "value"):
         changed |= np.any(getattr(kept, field) != getattr(before, field), axis=1)
     assert changed.mean() > 0.3  # operators change most rows they touch
+    if operator == "point":  # another operator or variable is always drawn here
+        assert changed.all()
     if operator in variation.SHAPE_PRESERVING:  # the search reuses the parents' structure
         for field in ("end", "height", "arity"):
             np.testing.assert_array_equal(getattr(Structure.of(kept), field),
                                           getattr(Structure.of(before), field))
 
 
-def test_children_come_with_their_structure():
+def _small_search():
     X = np.random.default_rng(0).uniform(0.5, 2.0, size=(60, 2))
     settings = SearchSettings(generations=1, **SMALL)
     search = engine._Search(settings, fitness.Data.stack([(X, X[:, 0] * X[:, 1], None)]),
                             np.array([2]), np.random.default_rng(0), engine._Clock(settings),
                             None)
-    population = search.initial([[]], engine.RANDOM_TREE, [(X, X[:, 0] * X[:, 1], None)])
+    return search, search.initial([[]], engine.RANDOM_TREE, [(X, X[:, 0] * X[:, 1], None)])
+
+
+def test_children_come_with_their_structure():
+    search, population = _small_search()
     child, structure, _ = search.offspring_genomes(population)
     for field in ("end", "height", "arity"):
         np.testing.assert_array_equal(getattr(structure, field),
                                       getattr(Structure.of(child), field))
+
+
+@pytest.mark.parametrize("operator", variation.OPERATORS)
+def test_no_child_is_a_copy_of_its_parent(operator):
+    # A variation that changes nothing (jitter without constants, a result too long, a
+    # subtree swapped for an equal one) hands the row to point mutation, which draws
+    # another operator or variable.
+    search, population = _small_search()
+    op = np.full(population.genomes.size, variation.OPERATORS.index(operator))
+    child, _ = search.vary(population, population.take(np.arange(op.size)[::-1]), op)
+    assert not child.same_rows(population.genomes).any()
 
 
 def test_crossover_splices_the_chosen_subtrees():

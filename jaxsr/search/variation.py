@@ -171,7 +171,8 @@ def remove_unary(rng, parents: Genomes):
 
 def point_mutation(rng, parents: Genomes, alphabet: Alphabet, n_variables: np.ndarray):
     """One random node changed in place: an operator for another of the same arity, a
-    variable for another variable, a constant for a new draw, a fixed leaf for a refinable
+    variable for another variable (each different from the old one where the alphabet or
+    the problem offers another), a constant for a new draw, a fixed leaf for a refinable
     constant of the same value."""
     child = dataclasses.replace(parents, kind=parents.kind.copy(), arg=parents.arg.copy(),
                                 value=parents.value.copy())
@@ -180,15 +181,27 @@ def point_mutation(rng, parents: Genomes, alphabet: Alphabet, n_variables: np.nd
     kind, arg = parents.kind[rows, t], parents.arg[rows, t]
     is_op = kind == KIND_OP
     unary = is_op & (OP_ARITY[arg] == 1)
-    new_op = np.where(unary, rng.choice(alphabet.unary, len(rows)),
-                      rng.choice(alphabet.binary, len(rows)))
-    new_var = (rng.random(len(rows)) * n_variables).astype(np.int32)
+    new_op = np.where(unary, _redraw(rng, arg, alphabet.unary),
+                      _redraw(rng, arg, alphabet.binary))
+    others = np.maximum(n_variables - 1, 1)
+    shift = 1 + (rng.random(len(rows)) * others).astype(np.int32)
+    new_var = np.where(n_variables > 1, (arg + shift) % np.maximum(n_variables, 1), arg)
     child.arg[rows, t] = np.where(is_op, new_op, np.where(kind == KIND_VAR, new_var, arg))
     value = parents.value[rows, t]
     child.value[rows, t] = np.where(kind == KIND_CONST, value * np.exp(rng.normal(size=len(rows)))
                                     * rng.choice([-1.0, 1.0], len(rows)), value)
     child.kind[rows, t] = np.where(kind == KIND_FIXED, KIND_CONST, kind)
     return child, np.ones(len(rows), bool)
+
+
+def _redraw(rng, current: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    """A random element of ``choices`` for each entry, other than ``current`` wherever
+    ``choices`` holds another."""
+    if not len(choices):
+        return current
+    j = rng.integers(len(choices), size=len(current))
+    drawn = choices[j]
+    return np.where(drawn == current, choices[(j + 1) % len(choices)], drawn)
 
 
 def jitter_constants(rng, parents: Genomes, scale: float = 0.1):
