@@ -237,31 +237,30 @@ def program_size(genomes: Genomes) -> ProgramSize:
 def to_nodes(genomes: Genomes, structure: Structure) -> Nodes:
     """The rows as the interpreter's flat node arrays (``compiler.Nodes``)."""
     P, L = genomes.kind.shape
-    valid = np.arange(L) < genomes.length[:, None]
-    slots = np.flatnonzero(valid)                                # the nodes, row-major
-    pick = lambda a: a.reshape(P * L, *a.shape[2:])[slots]
-    # 32-bit indices throughout: these (P, L) temporaries are most of the cost.
+    slots = np.flatnonzero(np.arange(L) < genomes.length[:, None])  # the nodes, row-major
+    flat = lambda a: a.reshape(-1)[slots]
+    # Everything below works on the picked nodes (not the padded (P, L) arrays), in 32 bits.
+    program = np.repeat(np.arange(P, dtype=np.int32), genomes.length)
     offset = (np.cumsum(genomes.length) - genomes.length).astype(np.int32)  # each root
-    index = offset[:, None] + np.arange(L, dtype=np.int32)      # global index of each slot
-    # A node's second operand starts where its first one ends.
-    second = np.empty((P, L), np.int32)
-    second[:, :-1], second[:, -1] = structure.end[:, 1:], L
-    second += offset[:, None]
-    children = np.stack([np.where(structure.arity >= 1, index + 1, -1),
-                         np.where(structure.arity == 2, second, -1)], -1)
-    is_const = (genomes.kind == KIND_CONST) & valid
-    ordinal = np.cumsum(is_const, axis=1, dtype=np.int32) - 1
-    n_constants = is_const.sum(axis=1)
+    node = np.arange(len(slots), dtype=np.int32)
+    kind, arity, value = flat(genomes.kind), flat(structure.arity), flat(genomes.value)
+    # A node's first operand follows it; its second starts where the first one ends (a
+    # binary node is never a row's last slot, so slot + 1 stays in its row).
+    first_end = structure.end.reshape(-1)[np.minimum(slots + 1, P * L - 1)]
+    children = np.stack([np.where(arity >= 1, node + 1, -1),
+                         np.where(arity == 2, offset[program] + first_end, -1)], -1)
+    # Constants are numbered in prefix order within their program.
+    is_const = kind == KIND_CONST
+    before = np.cumsum(is_const, dtype=np.int32) - is_const       # constants before each node
+    ordinal = before - before[offset[program]]
+    n_constants = np.bincount(program[is_const], minlength=P)
     constants = np.zeros((P, max(1, n_constants.max(initial=0))))
-    rows, cols = np.nonzero(is_const)
-    constants[rows, ordinal[rows, cols]] = genomes.value[rows, cols]
-    arg = np.where(is_const, ordinal, genomes.arg)
+    constants[program[is_const], ordinal[is_const]] = value[is_const]
     return Nodes(
-        kind=pick(genomes.kind), arg=pick(arg).astype(np.int32),
-        fixed=pick(np.where(genomes.kind == KIND_FIXED, genomes.value, 0.0)),
-        children=pick(children), height=pick(structure.height),
-        program=np.repeat(np.arange(P, dtype=np.int32), genomes.length),
-        root=offset, constants=constants, n_constants=n_constants)
+        kind=kind, arg=np.where(is_const, ordinal, flat(genomes.arg)).astype(np.int32),
+        fixed=np.where(kind == KIND_FIXED, value, 0.0), children=children,
+        height=flat(structure.height), program=program, root=offset, constants=constants,
+        n_constants=n_constants)
 
 
 # ---------------------------------------------------------------------------- additive terms
