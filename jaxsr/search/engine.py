@@ -4,7 +4,8 @@ One generation, for all problems at once:
 
 1. parents and mates drawn by tournament within each problem's block of the population;
 2. one variation operator per child (``variation``), all children of an operator made in a
-   few numpy calls on the array form; one constant fold per child;
+   few numpy calls on the array form (a child equal to its parent is point-mutated
+   instead); one constant fold per child;
 3. every child scored in one batched evaluation and one batched solve, by least squares
    over its additive terms, ``a + b1 t1 + ...`` (``fitness``). The compiled calls run
    while the host builds the next generation: a generation's children are merged one
@@ -15,7 +16,8 @@ One generation, for all problems at once:
    per problem chosen (``selection``); the Pareto front of every problem kept in an archive
    that never loses a member;
 5. every ``refine_every`` generations the best ``refine_top`` formulas of each problem not
-   yet refined go through the batched L-BFGS (``jaxsr.refine``), constants written back;
+   yet refined go through the batched L-BFGS (``jaxsr.refine``) in array form, constants
+   written back;
 6. with a ``proposer``, for each problem whose best error has not improved for
    ``proposal_every`` generations, the model is asked for fresh formulas for y, and for the
    residual ``y - f`` and ratio ``y / f`` of the best formulas f; ``f + g`` and ``f * g``
