@@ -53,8 +53,11 @@ def problem(seed: int = 0):
 
 def make_search(size: int, refine: bool) -> tuple[engine._Search, engine._Population]:
     X, y = problem()
+    # With refinement: the regressor's settings (SearchSettings' defaults: L-BFGS on the
+    # best refine_top of each problem every generation).
+    refine_top = SearchSettings.refine_top if refine else 0
     settings = SearchSettings(population_size=size, generations=10**9, target_r2=2.0,
-                              refine_top=8 if refine else 0, proposal_every=0, seed=0)
+                              refine_top=refine_top, proposal_every=0, seed=0)
     data = fitness.Data.stack([(X, y, None)])
     search = engine._Search(settings, data, np.array([3]), np.random.default_rng(0),
                             engine._Clock(settings), None)
