@@ -366,8 +366,8 @@ def test_refinement_keeps_one_compiled_size_through_a_search(monkeypatch):
     X = rng.uniform(0.5, 2.0, size=(80, 3))
     y = np.exp(-X[:, 0]) * np.sin(2.5 * X[:, 1]) + X[:, 2] / (1 + X[:, 0])
     evolve([(X, y), (X, np.cos(X[:, 0] * X[:, 1]))],
-           settings=SearchSettings(generations=12, target_r2=2.0, **SMALL))
-    assert len(sizes) > 12 and len(set(sizes)) == 1, set(sizes)
+           settings=SearchSettings(generations=6, target_r2=2.0, **SMALL))
+    assert len(sizes) > 6 and len(set(sizes)) == 1, set(sizes)
 
 
 def test_front_is_a_pareto_front(planted):
