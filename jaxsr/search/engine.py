@@ -529,8 +529,9 @@ class _Search:
     def vary(self, parents: _Population, mates: _Population, op: np.ndarray
              ) -> tuple[Genomes, Structure]:
         """Operator ``op[i]`` (an index into ``variation.OPERATORS``, sorted) applied to row
-        i; a child that does not fit ``max_length`` is a copy of its parent. Returns the
-        children and their structure (computed only for the rows whose shape changed)."""
+        i; a child that does not fit ``max_length``, or equals its parent, is its parent
+        point-mutated. Returns the children and their structure (computed only for the
+        rows whose shape changed)."""
         problem, mate_structure = parents.problem, mates.structure
         parents, structure, mates = parents.genomes, parents.structure, mates.genomes
         child = dataclasses.replace(parents, kind=parents.kind.copy(), arg=parents.arg.copy(),
