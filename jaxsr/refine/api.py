@@ -130,7 +130,7 @@ def refine_constants(
     if init == "random":
         # Drawn at the solver's padded width: a seed's start points do not depend on how
         # many constants the longest candidate has within its bucket.
-        width = _at_least(_bucketed(ProgramSize.of_nodes(nodes)), min_size).constants
+        width = _solver_size(nodes, min_size).constants
         draws = np.random.default_rng(seed).standard_normal((nodes.n_programs, width))
         params0 = np.where(np.arange(width) < nodes.n_constants[:, None], draws, 0.0)
     refined = refine_nodes(nodes, datasets, dataset_index, settings, dtype=dtype,
@@ -253,7 +253,7 @@ def refine_nodes(nodes: Nodes, datasets: Datasets, dataset_index: np.ndarray,
     ``settings`` comes from ``solver_settings``.
     """
     dtype = np.dtype(dtype)
-    size = _at_least(_bucketed(ProgramSize.of_nodes(nodes)), min_size)
+    size = _solver_size(nodes, min_size)
     K = size.constants
     start = nodes.constants if params0 is None else np.asarray(params0, np.float64)
     params0 = np.zeros((nodes.n_programs, K))
@@ -369,6 +369,12 @@ def _refine_in_rounds(nodes, data, params0, has_constants, size, settings, min_s
             state[k][lanes] = v
         lanes = lanes[result["active"]]
     return batched.outcome(state), state["initial"]
+
+
+def _solver_size(nodes: Nodes, min_size: ProgramSize | None) -> ProgramSize:
+    """The capacities the solver's batch of ``nodes`` gets: bucketed, at least
+    ``min_size``."""
+    return _at_least(_bucketed(ProgramSize.of_nodes(nodes)), min_size)
 
 
 def _bucketed(size: ProgramSize) -> ProgramSize:

@@ -60,7 +60,8 @@ class Data(Datasets):
     def stack(problems, width: int | None = None) -> Data:
         """From (X (n, d), y (n,), weight (n,) or None) triples of any sizes. Points are
         padded (weight 0) to ``padded_points`` and columns to ``width``, so that searches
-        on similar data reuse the compiled evaluator."""
+        on similar data reuse the compiled evaluator. Weights are normalised and checked,
+        and variances computed, as for refinement (``Datasets.validated``)."""
         n = padded_points(max(len(p[1]) for p in problems))
         d = max([np.shape(p[0])[1] for p in problems] + [width or 0])
         Q = len(problems)
@@ -69,10 +70,8 @@ class Data(Datasets):
             m = len(yq)
             X[q, :m, : np.shape(Xq)[1]], y[q, :m] = Xq, yq
             weight[q, :m] = 1.0 if wq is None else wq
-        weight /= weight.sum(axis=1, keepdims=True)
-        mean = (weight * y).sum(axis=1, keepdims=True)
-        variance = (weight * (y - mean) ** 2).sum(axis=1)
-        return Data(X, y, weight, np.where(variance > 0, variance, 1.0))
+        valid = Datasets.validated(X, y, weight)
+        return Data(valid.X, valid.y, valid.weight, valid.variance)
 
     @property
     def n_problems(self) -> int:
