@@ -62,9 +62,12 @@ def test_skeleton_keys_ignore_constants_only():
                                     Expr.const(b))
     a, b = line("add", 1.5, 2.0), line("add", -3.0, 7.0)
     c = line("sub", 1.5, 2.0)  # sub instead of add: another skeleton
-    genomes, _ = Genomes.from_exprs([a, b, c], 16)
+    # Fixed leaves (integers, named constants) are part of the skeleton.
+    fixed = [Expr.op("mul", Expr(name), Expr.var(0)) for name in ("pi", "e", "2", "-2", "pi")]
+    genomes, _ = Genomes.from_exprs([a, b, c, *fixed], 16)
     keys = genomes.skeleton_keys()
     assert keys[0] == keys[1] and keys[0] != keys[2]
+    assert len(set(keys[3:7])) == 4 and keys[7] == keys[3] and keys[3] not in keys[:3]
 
 
 # ---------------------------------------------------------------------------- variation

@@ -21,6 +21,7 @@ go through L-BFGS or into the final front go out as trees.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -121,12 +122,13 @@ class Genomes:
     def skeleton_keys(self) -> np.ndarray:
         """(P,) an integer hash of each row's skeleton (structure with constants blanked):
         equal skeletons give equal keys, so duplicates can be dropped with ``np.unique``."""
-        fixed = self.kind == KIND_FIXED
-        code = self.kind.astype(np.int64) * 1024 + np.where(
-            fixed, _fixed_code(np.where(fixed, self.value, 0.0)), self.arg)
-        code = np.where(self.kind == PAD, 0, code + 1)
-        weights = _hash_weights(self.max_length)
-        return (code * weights).sum(axis=1) ^ self.length.astype(np.int64)
+        code = self.kind.astype(np.int64) * 1024 + self.arg + 1
+        # Fixed leaves are few: their codes are computed where they are.
+        fixed = np.nonzero(self.kind == KIND_FIXED)
+        code[fixed] = KIND_FIXED * 1024 + _fixed_code(self.value[fixed]) + 1
+        code[self.kind == PAD] = 0
+        # Sums wrap around modulo 2**64 in any order: a product with the weights is the sum.
+        return (code @ _hash_weights(self.max_length)) ^ self.length.astype(np.int64)
 
 
 def _fixed_code(value: np.ndarray) -> np.ndarray:
@@ -136,8 +138,11 @@ def _fixed_code(value: np.ndarray) -> np.ndarray:
         np.int64)
 
 
+@functools.cache
 def _hash_weights(n: int) -> np.ndarray:
-    return np.random.default_rng(0x5EED).integers(1, 1 << 40, size=n, dtype=np.int64) | 1
+    weights = np.random.default_rng(0x5EED).integers(1, 1 << 40, size=n, dtype=np.int64) | 1
+    weights.setflags(write=False)  # cached: shared by every call
+    return weights
 
 
 def _encode_node(node: Expr) -> tuple[int, int, float]:

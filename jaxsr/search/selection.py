@@ -107,6 +107,8 @@ def non_dominated(nmse: np.ndarray, complexity: np.ndarray, problem: np.ndarray)
 
 def _running_max(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
     """Cumulative maximum restarting at every change of the non-decreasing ``segment``."""
+    if not len(segment) or segment[0] == segment[-1]:  # one segment (one problem)
+        return np.maximum.accumulate(values) if len(values) else values
     span = values.max(initial=0) - values.min(initial=0) + 1
     offset = (segment - segment[0]) * span if len(segment) else segment
     return np.maximum.accumulate(values + offset) - offset
