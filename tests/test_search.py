@@ -3,6 +3,7 @@
 import dataclasses
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
 
@@ -271,6 +272,25 @@ def test_term_scaling_fits_every_coefficient():
     fitted = s.intercept[0] + sum(b * t.evaluate(X) for b, t in zip(s.coefficients[0], parts))
     np.testing.assert_allclose(fitted, y, rtol=1e-9)
     assert s.nmse[1] > 0.01  # x*y alone cannot
+
+
+def test_term_scaling_is_weighted_least_squares_per_row():
+    rng = np.random.default_rng(3)
+    B, K, N = 6, fitness.MAX_TERMS, 40
+    f, y = rng.normal(size=(B, K, N)), rng.normal(size=(B, N))
+    weight = rng.random((B, N)) * (rng.random((B, N)) < 0.8)  # some points unused
+    weight /= weight.sum(axis=1, keepdims=True)
+    used = np.arange(K) < rng.integers(1, K + 1, size=B)[:, None]
+    f[~used] = np.nan  # unused slots are never read
+    with jax.enable_x64(True):
+        mse, a, b = (np.asarray(v) for v in fitness.term_scaling(f, y, weight, used))
+    for i in range(B):
+        design = np.c_[np.ones(N), f[i, used[i]].T] * np.sqrt(weight[i])[:, None]
+        coef = np.linalg.lstsq(design, y[i] * np.sqrt(weight[i]), rcond=None)[0]
+        residual = y[i] - np.c_[np.ones(N), f[i, used[i]].T] @ coef
+        np.testing.assert_allclose([a[i], *b[i, used[i]]], coef, rtol=1e-8)
+        np.testing.assert_allclose(mse[i], np.sum(weight[i] * residual**2), rtol=1e-8)
+        assert np.all(b[i, ~used[i]] == 0)
 
 
 def test_collinear_terms_share_their_weight():
