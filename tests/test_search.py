@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsr.expr import Expr, compile_programs, evaluate_programs
-from jaxsr.expr.compiler import assemble
+from jaxsr.expr import Expr, compile_programs, evaluate_programs, interpreter
+from jaxsr.expr.compiler import assemble, default_chunk
 from jaxsr.expr.random_trees import random_expr
 from jaxsr.search import SearchSettings, evolve
 from jaxsr.search import engine, fitness, selection, variation
@@ -134,7 +134,8 @@ def test_no_child_is_a_copy_of_its_parent(operator):
     # another operator or variable.
     search, population = _small_search()
     op = np.full(population.genomes.size, variation.OPERATORS.index(operator))
-    child, _ = search.vary(population, population.take(np.arange(op.size)[::-1]), op)
+    rows = np.arange(op.size)
+    child, _ = search.vary(population, rows, rows[::-1], op)
     assert not child.same_rows(population.genomes).any()
 
 
@@ -413,6 +414,39 @@ def test_same_seed_same_generations_same_result(planted):
     assert [c.expr for c in a.fronts[0]] == [c.expr for c in b.fronts[0]]
     c = evolve([(X, y)], settings=dataclasses.replace(settings, seed=1))
     assert [e.expr for e in c.fronts[0]] != [e.expr for e in a.fronts[0]]
+
+
+def test_scoring_in_several_calls_gives_the_same_scores(monkeypatch):
+    # A generation larger than MAX_SCORE_ROWS is scored in several calls, each row on its
+    # own (calls of another size are compiled apart: the last bits may differ).
+    monkeypatch.setattr(engine, "MAX_SCORE_ROWS", 64)
+    assert engine._score_sizes(256) == (64, 64) and engine._score_sizes(40) == (64, 64)
+    search, population = _small_search()
+    child, structure, problem = search.offspring_genomes(population)
+    parts = search.dispatch(child, structure, problem)
+    several = search.collect(parts)
+    search.score_sizes = (64, 256)
+    one = search.collect(search.dispatch(child, structure, problem))
+    assert len(parts) == 4 and child.size == 256
+    np.testing.assert_allclose(several.nmse, one.nmse, rtol=1e-5)
+    np.testing.assert_allclose(several.coefficients, one.coefficients, rtol=1e-4, atol=1e-6)
+
+
+def test_step_chunks_keep_the_values_and_fit_the_step_budget():
+    genomes, _ = _population(1024, seed=4)
+    X = np.random.default_rng(0).uniform(0.5, 2.0, size=(224, 3))
+    data = fitness.Data.stack([(X, np.sin(X[:, 0]), None)])
+    size = program_size(genomes)
+    chunk = fitness.step_chunk(genomes.size, size, data.X.shape, np.float32)
+    block = interpreter.block_points(genomes.size * size.ops, 4, 224,
+                                     interpreter.FORWARD_BLOCK_BYTES)
+    assert chunk == 8 or chunk * block * 4 <= fitness.STEP_BYTES
+    assert chunk < default_chunk(genomes.size * size.ops)  # smaller than the default here
+    structure = Structure.of(genomes)
+    nodes = to_nodes(genomes, structure)
+    values = [np.asarray(evaluate_programs(assemble(nodes, size, chunk=c), data.X[0]))
+              for c in (chunk, None)]
+    np.testing.assert_array_equal(values[0], values[1])
 
 
 def test_many_problems_evolve_together_and_stay_apart(planted):

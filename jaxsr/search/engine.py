@@ -334,10 +334,19 @@ def _generations(search: _Search, population: _Population, archive: _Population,
     return population, archive, history, stopped
 
 
+# Rows per scoring call at most: larger generations (a population of 16,384, or many
+# problems in ``fit_many``) are scored in several calls. A call's interpreter buffers grow
+# with its rows, and past this size their point blocks shrink to a few points, so that loop
+# steps, not arithmetic, set the time (one core, 224 points: 4,096 candidates in 15 ms,
+# 16,384 in one call in 200 ms).
+MAX_SCORE_ROWS = 4096
+
+
 def _score_sizes(batch: int) -> tuple[int, int]:
     """(small, large) rows per scoring call for a search whose offspring are ``batch`` rows:
-    the large size holds them in one call, the small one (an eighth) serves proposals."""
-    large = next_power_of_two(batch, minimum=64)
+    the large size holds them in one call up to ``MAX_SCORE_ROWS``, the small one (an
+    eighth) serves proposals."""
+    large = min(next_power_of_two(batch, minimum=64), MAX_SCORE_ROWS)
     return max(64, large // 8), large
 
 
@@ -523,17 +532,19 @@ class _Search:
         op = self.rng.choice(len(variation.OPERATORS), size=len(parents), p=self.rates)
         order = np.argsort(op, kind="stable")
         parents, mates, op = parents[order], mates[order], op[order]
-        child, structure = self.vary(population.take(parents), population.take(mates), op)
+        child, structure = self.vary(population, parents, mates, op)
         return *variation.fold_constants(child, structure), population.problem[parents]
 
-    def vary(self, parents: _Population, mates: _Population, op: np.ndarray
-             ) -> tuple[Genomes, Structure]:
-        """Operator ``op[i]`` (an index into ``variation.OPERATORS``, sorted) applied to row
-        i; a child that does not fit ``max_length``, or equals its parent, is its parent
-        point-mutated. Returns the children and their structure (computed only for the
-        rows whose shape changed)."""
-        problem, mate_structure = parents.problem, mates.structure
-        parents, structure, mates = parents.genomes, parents.structure, mates.genomes
+    def vary(self, population: _Population, parent_rows: np.ndarray, mate_rows: np.ndarray,
+             op: np.ndarray) -> tuple[Genomes, Structure]:
+        """Operator ``op[i]`` (an index into ``variation.OPERATORS``, sorted) applied to
+        population row ``parent_rows[i]`` (crossover with row ``mate_rows[i]``); a child that
+        does not fit ``max_length``, or equals its parent, is its parent point-mutated.
+        Returns the children and their structure (computed only for the rows whose shape
+        changed)."""
+        problem = population.problem[parent_rows]
+        parents = population.genomes.take(parent_rows)
+        structure = population.structure.take(parent_rows)
         child = dataclasses.replace(parents, kind=parents.kind.copy(), arg=parents.arg.copy(),
                                     value=parents.value.copy(), length=parents.length.copy())
         reshaped = np.zeros(child.size, bool)
@@ -542,8 +553,11 @@ class _Search:
             rows = slice(bounds[k], bounds[k + 1])
             if bounds[k] == bounds[k + 1]:
                 continue
-            made, fits = self._apply(name, parents.take(rows), mates.take(rows), problem[rows],
-                                     structure.take(rows), mate_structure.take(rows))
+            # Only crossover reads its mates: their rows are gathered for its slice alone.
+            mates = lambda rows=rows: (population.genomes.take(mate_rows[rows]),
+                                       population.structure.take(mate_rows[rows]))
+            made, fits = self._apply(name, parents.take(rows), mates, problem[rows],
+                                     structure.take(rows))
             for field in ("kind", "arg", "value", "length"):
                 getattr(child, field)[rows][fits] = getattr(made, field)[fits]
             reshaped[rows] = fits & (name not in variation.SHAPE_PRESERVING)
@@ -558,12 +572,17 @@ class _Search:
         changed = np.flatnonzero(reshaped)
         return child, structure.replace_rows(changed, Structure.of(child.take(changed)))
 
-    def _apply(self, name, parents, mates, problem, structure, mate_structure):
-        """Variation ``name`` on rows whose mates, problems and structures are given."""
+    def _apply(self, name, parents, mates, problem, structure):
+        """Variation ``name`` on rows whose problems and structures are given; ``mates()``
+        returns the mates' genomes and structure."""
         rng, alphabet = self.rng, self.alphabet
+
+        def crossover():
+            mate_genomes, mate_structure = mates()
+            return variation.crossover(rng, parents, mate_genomes, structure, mate_structure)
+
         table = {
-            "crossover": lambda: variation.crossover(rng, parents, mates, structure,
-                                                     mate_structure),
+            "crossover": crossover,
             "subtree": lambda: variation.subtree_mutation(rng, parents,
                                                           self._fresh_trees(problem), structure),
             "point": lambda: variation.point_mutation(rng, parents, alphabet,

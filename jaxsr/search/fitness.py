@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxsr.expr.compiler import assemble
+from jaxsr.expr import interpreter
+from jaxsr.expr.compiler import MAX_CHUNK, ProgramSize, assemble, default_chunk
 from jaxsr.expr.interpreter import evaluate_taps
 from jaxsr.refine.api import Datasets
 from jaxsr.search.population import Genomes, Structure, Terms, program_size, to_nodes
@@ -120,7 +121,9 @@ def dispatch(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64
     nodes = to_nodes(genomes, structure)
     # The terms' values are read from the formulas' own evaluation (one pass).
     taps = np.where(terms.used, nodes.root[:, None] + terms.start, -1)
-    programs = assemble(nodes, program_size(genomes), taps=taps, gradients=False)
+    size = program_size(genomes)
+    programs = assemble(nodes, size, taps=taps, gradients=False,
+                        chunk=step_chunk(genomes.size, size, data.X.shape, dtype))
     # A constant beyond float32's range becomes inf in its own lane (scored inf): not an
     # error worth a warning.
     with jax.enable_x64(np.dtype(dtype) == np.float64), np.errstate(over="ignore"):
@@ -128,6 +131,29 @@ def dispatch(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64
                                 jnp.asarray(data.weight, dtype), jnp.asarray(problem, jnp.int32),
                                 jnp.asarray(terms.used))
     return Pending(values, data.variance[problem], terms.count)
+
+
+# Bytes of one operand of an interpreter step (chunk rows x block points): a step's two
+# operands and its output then sit in a core's L1 data cache. Measured on a 2-core x86 CPU
+# (32 KB L1d), one forward pass over search candidates, float32: 1,024 candidates on 224
+# points (one block) in 2.3 ms with chunks of 8 rows against 4.7 ms with 128; 4,096 on
+# 32-point blocks in 15 ms with 64 rows against 17 ms with 128, and no waiting for the
+# scoring call in whole search generations (7 ms per generation with 128).
+STEP_BYTES = 8192
+
+
+def step_chunk(n_programs: int, size: ProgramSize, data_shape: tuple, dtype) -> int:
+    """Chunk rows for scoring ``n_programs`` programs of ``size`` on datasets of
+    ``data_shape`` (Q, N, D): ``STEP_BYTES`` per operand over the interpreter's point blocks
+    (``interpreter.forward_block_points``, for the largest chunk), a power of two in [8, the
+    default chunk]."""
+    n_sets, n_points, n_dims = data_shape
+    ops = n_programs * size.ops
+    itemsize = np.dtype(dtype).itemsize
+    block = interpreter.block_points(n_sets * n_dims + ops + MAX_CHUNK, itemsize, n_points,
+                                     interpreter.FORWARD_BLOCK_BYTES)
+    fit = max(8, STEP_BYTES // (block * itemsize))
+    return int(min(default_chunk(ops), 1 << (fit.bit_length() - 1)))
 
 
 @dataclasses.dataclass
