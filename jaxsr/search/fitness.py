@@ -26,7 +26,6 @@ from jax import lax
 
 from jaxsr.expr import interpreter
 from jaxsr.expr.compiler import MAX_CHUNK, ProgramSize, assemble, default_chunk
-from jaxsr.expr.interpreter import evaluate_taps
 from jaxsr.refine.api import Datasets
 from jaxsr.search.population import Genomes, Structure, Terms, program_size, to_nodes
 from jaxsr.shapes import next_power_of_two
@@ -180,7 +179,7 @@ SCALING_ROWS = 128
 
 
 def _scaled_errors(programs, X, y, weight, problem, used):
-    f = evaluate_taps(programs, X, problem)
+    f = interpreter.evaluate_taps(programs, X, problem)
     return _blocked_scaling(f, y, weight, problem, used)
 
 
