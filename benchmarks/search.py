@@ -16,7 +16,10 @@ replaced by a plain numpy loop (each child's terms turned into trees, evaluated 
 
     python benchmarks/search.py --json
 
-prints one JSON object: ``evaluations_per_second`` (a dict keyed "1024", "4096", "16384"),
+prints one JSON object: ``evaluations_per_second`` (a dict keyed "1024", "4096", "16384":
+the median over ``--repeats`` consecutive blocks of ``--generations`` generations, each
+block's rate in ``evaluations_per_second_blocks``; a shared machine's speed wanders by
+20-30%, and one slow stretch should not make the figure),
 ``host_fraction`` (share of a generation in which the Python thread works rather than
 waits for compiled calls, per size: near 1, the host's numpy work sets the pace),
 ``evaluations_per_second_with_refinement`` at 4,096, ``numpy_loop_evaluations_per_second``
@@ -64,20 +67,24 @@ def make_search(size: int, refine: bool) -> tuple[engine._Search, engine._Popula
     return search, search.initial([[]], engine.RANDOM_TREE, [(X, y, None)])
 
 
-def time_generations(search, population, generations: int, warm_up: int):
-    """Runs warm-up generations, then times ``generations``; returns (seconds per
-    generation, share of it outside compiled calls, population)."""
+def time_generations(search, population, generations: int, warm_up: int, repeats: int = 1):
+    """Runs warm-up generations, then times ``repeats`` consecutive blocks of
+    ``generations``; returns (seconds per generation of each block, share of the
+    generations outside compiled calls over all blocks, population)."""
     archive = search.update_archive(None, population)
     for g in range(warm_up):
         population = search.generation(population, g)
     device_before = search.clock.device
-    start = time.perf_counter()
-    for g in range(generations):
-        population = search.generation(population, warm_up + g)
-        archive = search.update_archive(archive, population)
-    seconds = (time.perf_counter() - start) / generations
-    device = (search.clock.device - device_before) / generations
-    return seconds, 1.0 - device / seconds, population
+    blocks, done = [], warm_up
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for g in range(generations):
+            population = search.generation(population, done + g)
+            archive = search.update_archive(archive, population)
+        done += generations
+        blocks.append((time.perf_counter() - start) / generations)
+    device = (search.clock.device - device_before) / (generations * repeats)
+    return blocks, 1.0 - device / np.mean(blocks), population
 
 
 def numpy_loop_generation(search, population, data: fitness.Data) -> float:
@@ -109,31 +116,36 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--generations", type=int, default=20, help="timed generations")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed blocks of --generations per size; the median is reported")
     parser.add_argument("--warm-up", type=int, default=5,
                         help="untimed generations first (compilation, archive filling)")
     parser.add_argument("--baseline-size", type=int, default=BASELINE_SIZE,
                         help="population of the refinement run and the numpy loop; 0 skips both")
     args = parser.parse_args(argv)
 
-    rates, host = {}, {}
+    rates, blocks, host = {}, {}, {}
     for size in args.sizes:
         with cores.separate_cores():  # as ``evolve`` does by default, compilation included
             search, population = make_search(size, refine=False)
-            seconds, host_share, population = time_generations(search, population,
-                                                               args.generations, args.warm_up)
-        rates[str(size)], host[str(size)] = size / seconds, host_share
+            seconds, host_share, population = time_generations(
+                search, population, args.generations, args.warm_up, args.repeats)
+        blocks[str(size)] = [size / s for s in seconds]
+        rates[str(size)], host[str(size)] = float(np.median(blocks[str(size)])), host_share
     result = {
         "benchmark": "search",
         "n_points": N_POINTS,
         "evaluations_per_second": rates,
+        "evaluations_per_second_blocks": blocks,
         "host_fraction": host,
     }
     base = args.baseline_size
     if base > 0:
         with cores.separate_cores():
             search, population = make_search(base, refine=True)
-            refined_seconds, _, _ = time_generations(search, population, args.generations,
-                                                     args.warm_up)
+            refined, _, _ = time_generations(search, population, args.generations,
+                                             args.warm_up, args.repeats)
+            refined_seconds = float(np.median(refined))
         search, population = make_search(base, refine=False)
         loop_seconds = numpy_loop_generation(search, population, search.data)
         batched = rates.get(str(base))

@@ -307,3 +307,34 @@ def test_fit_option_overrides_the_search_settings_by_name():
     assert common.fit_settings(base, []) == base
     with pytest.raises(SystemExit, match="--fit.*n_candidate"):
         common.fit_settings(base, ["n_candidate=5"])
+
+
+def test_truth_unaries_and_unary_counts():
+    import sympy
+
+    from experiments import seed_operators
+    from jaxsr.expr import Expr
+
+    x, y = sympy.symbols("x_0 x_1")
+    assert seed_operators.truth_unaries(sympy.sin(x) * sympy.sqrt(y)) == {"sin", "sqrt"}
+    assert seed_operators.truth_unaries(1 / sympy.sqrt(x) + sympy.exp(-y ** 2)) == {"sqrt", "exp"}
+    assert seed_operators.truth_unaries(x ** 2 / y) == set()  # squares and quotients tell nothing
+    tree = Expr.op("add", Expr.op("sin", Expr.var(0)), Expr.op("sin", Expr.op("sqrt", Expr.var(1))))
+    assert seed_operators.unary_counts([tree, Expr.op("cos", Expr.var(0))]) == {
+        "sin": 2, "sqrt": 1, "cos": 1}
+
+
+def test_seed_operators_quick(tmp_path):
+    """The default model's seeds on three problems: one row each, shares in [0, 1]."""
+    from experiments import seed_operators
+
+    out = tmp_path / "out"
+    assert seed_operators.main(["--out", str(out), "--quick"]) == 0
+    rows = pd.read_csv(out / "seed_operators.csv", keep_default_na=False)
+    assert list(rows.problem) == list(seed_operators.QUICK_PROBLEMS)
+    assert dict(zip(rows.problem, rows.truth_unaries)) == {
+        "feynman_I_26_2": "sin", "feynman_II_15_4": "cos", "strogatz_lv1": ""}
+    assert (rows.seeds > 0).all()
+    assert rows.seed_share.between(0, 1).all() and rows.uniform_share.between(0, 1).all()
+    assert (out / "summary.md").read_text().count("|") > 10
+    assert json.loads((out / "provenance.json").read_text())["experiment"] == "seed_operators"

@@ -76,7 +76,7 @@ class Rows:
 class ModelProposer:
     """Asks the model for formulas fitting given targets on a problem's search rows (the
     search's ``Proposer``): one bag per request, ``PROPOSALS_PER_TARGET`` samples each,
-    returned in the user's units and as written (see ``_seeds``)."""
+    returned in the user's units and as written (see ``model_seeds``)."""
 
     def __init__(self, loaded: LoadedModel, problems: list[FitProblem], rows: list[Rows],
                  settings: pipeline.PipelineSettings, asked: list[int], requests_per_problem: int):
@@ -136,7 +136,7 @@ def run(problems: list[FitProblem], loaded: LoadedModel, settings: pipeline.Pipe
     """Seeds, evolves and chooses for all ``problems`` at once."""
     rows = [Rows.split(p) for p in problems]
     training = [dataclasses.replace(p, fit_rows=r.train) for p, r in zip(problems, rows)]
-    seeds, counts, dropped = _seeds(training, loaded, settings, clock)
+    seeds, counts, dropped = model_seeds(training, loaded, settings, clock)
     with clock.stage("search"):
         search_settings = _search_settings(settings, clock, loaded.max_features)
         proposer, asked = None, readable(problems, loaded)
@@ -162,7 +162,7 @@ def run(problems: list[FitProblem], loaded: LoadedModel, settings: pipeline.Pipe
     return outcomes
 
 
-def _seeds(training, loaded, settings, clock):
+def model_seeds(training, loaded, settings, clock):
     """Per problem, the model's unique samples (one per skeleton) twice: in the user's units,
     and as the model wrote them (formulas of the standardised features, read as formulas of
     the raw ones: the unscaled forms are often too long for the search, while these keep the
