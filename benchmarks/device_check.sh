@@ -117,7 +117,7 @@ if [ "$SMOKE" = 1 ]; then
     define decode 30 10 "$PY" "$B/decode.py" --json --configs tiny --length 8 --samples 16 \
         --no-beam --no-uncached
     define search 40 10 "$PY" "$B/search.py" --json --sizes 256 --generations 1 --warm-up 1 \
-        --baseline-size 0
+        --repeats 1 --baseline-size 0
     REFINE_SIZES="[64]" TRAIN_CONFIG=tiny DECODE_CONFIG=tiny DECODE_SAMPLES=16 SEARCH_POP=256
 else
     PEAK_ARGS=()
@@ -130,7 +130,7 @@ else
         --no-baseline "${PEAK_ARGS[@]}"
     define decode 120 40 "$PY" "$B/decode.py" --json --configs paper --samples 1024 \
         --no-beam --no-uncached
-    define search 110 40 "$PY" "$B/search.py" --json --sizes 16384 --baseline-size 0
+    define search 110 40 "$PY" "$B/search.py" --json --sizes 16384 --repeats 3 --baseline-size 0
     REFINE_SIZES="[1024, 8192]" TRAIN_CONFIG=paper DECODE_CONFIG=paper DECODE_SAMPLES=1024
     SEARCH_POP=16384
 fi
