@@ -432,6 +432,44 @@ def test_scoring_in_several_calls_gives_the_same_scores(monkeypatch):
     np.testing.assert_allclose(several.coefficients, one.coefficients, rtol=1e-4, atol=1e-6)
 
 
+def test_score_calls_cover_the_rows_within_their_operator_capacity():
+    rng = np.random.default_rng(0)
+    for n_ops in (rng.integers(0, 32, size=1000), np.full(300, 31), np.zeros(70, int),
+                  np.array([31])):
+        calls = engine._score_calls(n_ops, 64, 256, 16)
+        assert [c[0] for c in calls] == [0] + [c[1] for c in calls[:-1]]
+        assert calls[-1][1] == len(n_ops)
+        for first, stop, size in calls:
+            assert 0 < stop - first <= size and size in (64, 256)
+            assert n_ops[first:stop].sum() <= size * 16
+            assert size == 256 or len(n_ops) - first <= 64  # small only for the last rows
+    # Rows within the capacity on average: as many rows per call as fit.
+    assert engine._score_calls(np.full(600, 16), 64, 256, 16) == [(0, 256, 256), (256, 512, 256),
+                                                                  (512, 600, 256)]
+
+
+def test_rows_above_the_operator_capacity_spill_into_more_calls():
+    # Unary chains of 22 operators, more than the search's 16 per row on average: the
+    # search keeps its compiled size and scores the rows in more calls, padded with
+    # one-node rows.
+    search, _ = _small_search()
+    chain = Expr.var(0)
+    for k in range(22):
+        chain = Expr.op(("sin", "exp", "cos")[k % 3], chain)
+    exprs = ([chain] * 19 + [Expr.op("mul", Expr.var(0), Expr.var(1))]) * 10
+    genomes, kept = Genomes.from_exprs(exprs, search.settings.max_length)
+    assert len(kept) == len(exprs) and search.score_sizes == (64, 256)
+    assert search.score_size.ops == 16
+    structure, problem = Structure.of(genomes), np.zeros(genomes.size, int)
+    parts = search.dispatch(genomes, structure, problem)
+    spilled = search.collect(parts)
+    assert len(parts) == 2 and genomes.size == 200  # 4,190 operator nodes > 256 x 16
+    one = fitness.score(genomes, problem, search.data, search.settings.dtype)
+    np.testing.assert_allclose(spilled.nmse, one.nmse, rtol=1e-5)
+    np.testing.assert_allclose(spilled.coefficients, one.coefficients, rtol=1e-4, atol=1e-6)
+    assert np.all(spilled.nmse[19::20] < 1e-6)  # x_0 * x_1 is the target
+
+
 def test_step_chunks_keep_the_values_and_fit_the_step_budget():
     genomes, _ = _population(1024, seed=4)
     X = np.random.default_rng(0).uniform(0.5, 2.0, size=(224, 3))

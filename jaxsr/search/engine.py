@@ -46,7 +46,14 @@ from jaxsr.expr.compiler import KIND_CONST, Nodes, ProgramSize
 from jaxsr.expr.tree import Expr
 from jaxsr.refine.api import Refined, refine_nodes, solver_settings
 from jaxsr.search import cores, fitness, selection, variation
-from jaxsr.search.population import FreeSum, Genomes, Structure, Terms
+from jaxsr.search.population import (
+    FreeSum,
+    Genomes,
+    Structure,
+    Terms,
+    operator_counts,
+    scoring_size,
+)
 from jaxsr.shapes import next_power_of_two
 
 # Where a formula came from; a child of any variation is "evolved".
@@ -342,6 +349,23 @@ def _generations(search: _Search, population: _Population, archive: _Population,
 MAX_SCORE_ROWS = 4096
 
 
+def _score_calls(n_ops: np.ndarray, small: int, large: int, ops_per_row: int
+                 ) -> list[tuple[int, int, int]]:
+    """Consecutive calls ``(first, stop, size)`` scoring rows ``[first, stop)`` in a call of
+    ``size`` rows (``small`` where the rows left fit it, else ``large``), each holding at
+    most ``size * ops_per_row`` operator nodes (``n_ops`` per row): where rows hold more on
+    average, a call takes fewer rows and the next call the rest."""
+    total = np.concatenate([[0], np.cumsum(n_ops)])
+    calls, first, n = [], 0, len(n_ops)
+    while first < n:
+        size = small if n - first <= small else large
+        fits = np.searchsorted(total, total[first] + size * ops_per_row, side="right") - 1
+        stop = max(first + 1, min(first + size, fits))  # one row always fits its call
+        calls.append((first, stop, size))
+        first = stop
+    return calls
+
+
 def _score_sizes(batch: int) -> tuple[int, int]:
     """(small, large) rows per scoring call for a search whose offspring are ``batch`` rows:
     the large size holds them in one call up to ``MAX_SCORE_ROWS``, the small one (an
@@ -396,8 +420,12 @@ class _Search:
         self.refine_size = ProgramSize(ops=next_power_of_two(-(-longest // 2)),
                                        constants=bound, depth=bound)
         # Scoring calls take one of two sizes (each compiles once): the offspring of all
-        # problems, and an eighth of it for small batches (proposals).
+        # problems, and an eighth of it for small batches (proposals), both with the same
+        # capacities per row; rows padding a call are one-node formulas.
         self.score_sizes = _score_sizes(settings.population_size * data.n_problems)
+        self.score_size = scoring_size(settings.max_length)
+        self.filler = Genomes.filler(self.score_sizes[1], settings.max_length)
+        self.filler_structure = Structure.of(self.filler)
 
     def _rates(self) -> np.ndarray:
         p = self.settings.rates.probabilities()
@@ -410,20 +438,23 @@ class _Search:
 
     def dispatch(self, genomes: Genomes, structure: Structure, problem: np.ndarray
                  ) -> list[tuple]:
-        """Starts scoring rows in calls of the sizes in ``score_sizes`` (the last one padded
-        with repeats of the last row); ``collect`` waits for the scores."""
-        n = genomes.size
-        small, large = self.score_sizes
-        size = small if n <= small else large
+        """Starts scoring rows in the calls ``_score_calls`` lays out; ``collect`` waits
+        for the scores."""
         parts = []
-        for first in range(0, n, size):
-            # A full call takes views of the rows; a partial one repeats its last row.
-            rows = (slice(first, first + size) if first + size <= n
-                    else np.minimum(np.arange(first, first + size), n - 1))
-            parts.append((fitness.dispatch(genomes.take(rows), problem[rows], self.data,
-                                           self.settings.dtype, structure.take(rows)),
-                          min(size, n - first)))
-        self.clock.evaluations += n
+        for first, stop, size in _score_calls(operator_counts(structure), *self.score_sizes,
+                                              self.score_size.ops):
+            rows = slice(first, stop)
+            part, part_structure, part_problem = (genomes.take(rows), structure.take(rows),
+                                                  problem[rows])
+            if stop - first < size:  # padded with one-node rows (no operator nodes)
+                pad = slice(0, size - (stop - first))
+                part = Genomes.concatenate([part, self.filler.take(pad)])
+                part_structure = Structure.concatenate([part_structure,
+                                                        self.filler_structure.take(pad)])
+                part_problem = np.r_[part_problem, np.zeros(pad.stop, part_problem.dtype)]
+            parts.append((fitness.dispatch(part, part_problem, self.data, self.settings.dtype,
+                                           part_structure, self.score_size), stop - first))
+        self.clock.evaluations += genomes.size
         return parts
 
     def collect(self, parts: list[tuple]) -> fitness.Scores:

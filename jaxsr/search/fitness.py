@@ -111,16 +111,17 @@ def score(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64) -
 
 
 def dispatch(genomes: Genomes, problem: np.ndarray, data: Data, dtype=np.float64,
-             structure: Structure | None = None) -> Pending:
+             structure: Structure | None = None, size: ProgramSize | None = None) -> Pending:
     """Starts ``score``: the host builds the tables and hands them to the compiled calls,
     which run while the caller goes on (JAX dispatches asynchronously); ``result()`` waits
-    for them. ``structure``: the rows' ``Structure``, where the caller has it."""
+    for them. ``structure``: the rows' ``Structure``, where the caller has it. ``size``: the
+    capacities to compile for (they must hold the rows; default ``program_size``)."""
     structure = Structure.given(genomes, structure)
     terms = Terms.of(genomes, structure, MAX_TERMS)
     nodes = to_nodes(genomes, structure)
     # The terms' values are read from the formulas' own evaluation (one pass).
     taps = np.where(terms.used, nodes.root[:, None] + terms.start, -1)
-    size = program_size(genomes)
+    size = size or program_size(genomes)
     programs = assemble(nodes, size, taps=taps, gradients=False,
                         chunk=step_chunk(genomes.size, size, data.X.shape, dtype))
     # A constant beyond float32's range becomes inf in its own lane (scored inf): not an
