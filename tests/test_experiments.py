@@ -325,11 +325,12 @@ def test_truth_unaries_and_unary_counts():
 
 
 def test_seed_operators_quick(tmp_path):
-    """The default model's seeds on three problems: one row each, shares in [0, 1]."""
+    """The default model's seeds on three problems: one row each, shares in [0, 1]. One bag
+    per problem (``--fit``) halves the run."""
     from experiments import seed_operators
 
     out = tmp_path / "out"
-    assert seed_operators.main(["--out", str(out), "--quick"]) == 0
+    assert seed_operators.main(["--out", str(out), "--quick", "--fit", "max_number_bags=1"]) == 0
     rows = pd.read_csv(out / "seed_operators.csv", keep_default_na=False)
     assert list(rows.problem) == list(seed_operators.QUICK_PROBLEMS)
     assert dict(zip(rows.problem, rows.truth_unaries)) == {
@@ -337,4 +338,6 @@ def test_seed_operators_quick(tmp_path):
     assert (rows.seeds > 0).all()
     assert rows.seed_share.between(0, 1).all() and rows.uniform_share.between(0, 1).all()
     assert (out / "summary.md").read_text().count("|") > 10
-    assert json.loads((out / "provenance.json").read_text())["experiment"] == "seed_operators"
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["experiment"] == "seed_operators"
+    assert record["arguments"]["fit"] == ["max_number_bags=1"]
