@@ -110,7 +110,7 @@ def _running_max(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
     if not len(segment) or segment[0] == segment[-1]:  # one segment (one problem)
         return np.maximum.accumulate(values) if len(values) else values
     span = values.max(initial=0) - values.min(initial=0) + 1
-    offset = (segment - segment[0]) * span if len(segment) else segment
+    offset = (segment - segment[0]) * span
     return np.maximum.accumulate(values + offset) - offset
 
 
