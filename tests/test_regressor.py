@@ -20,8 +20,8 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from jaxsr import SymbolicTransformerRegressor
-from jaxsr.expr import Vocab
-from jaxsr.regressor import inputs
+from jaxsr.expr import Expr, Vocab
+from jaxsr.regressor import evolution, inputs
 from jaxsr.weights import UntrainedModelWarning, format, load_model, save_weights
 
 # Shared by every fit so that all of them reuse the same compiled decoder.
@@ -480,7 +480,7 @@ def test_evolve_asks_the_model_only_about_problems_it_was_trained_to_read(toy_mo
 
 
 def test_proposer_decodes_only_for_the_problems_it_may_ask_about(toy_model):
-    from jaxsr.regressor import evolution, pipeline
+    from jaxsr.regressor import pipeline
     from jaxsr.regressor.inputs import prepare
     from jaxsr.regressor.models import resolve
 
@@ -529,8 +529,7 @@ def test_evolve_stops_at_max_time():
 def test_choose_polishes_and_prunes_a_term_that_fits_noise():
     # The search hands over 3x - 2xy with float32-like constants and a junk term whose tiny
     # coefficient fits rounding noise: the chosen formula is the exact one, in float64.
-    from jaxsr.expr import Expr
-    from jaxsr.regressor import evolution, pipeline
+    from jaxsr.regressor import pipeline
     from jaxsr.regressor.inputs import prepare
 
     rng = np.random.default_rng(0)
@@ -545,3 +544,52 @@ def test_choose_polishes_and_prunes_a_term_that_fits_noise():
     assert best.complexity() < noisy.complexity()
     np.testing.assert_allclose(best.evaluate(X), y, rtol=1e-10, atol=1e-10)
     assert outcome.r2_validation[outcome.selected] > 1 - 1e-15
+
+
+def _pole_problem(truth):
+    """x in [1, 3]^2 with every row at least 0.5 off the diagonal x_0 = x_1."""
+    from jaxsr.regressor.inputs import prepare
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(1.0, 3.0, (2000, 2))
+    X = X[np.abs(X[:, 0] - X[:, 1]) >= 0.5][:400]
+    p = prepare(X, truth(X), np.ones(len(X)), ["x_0", "x_1"], max_features=10, seed=0)
+    return p, evolution.Rows.split(p)
+
+
+def _choose_unpolished(p, rows, formulas):
+    # A clock out of time: the finalists are compared as given, without polishing or pruning.
+    from jaxsr.regressor import pipeline
+
+    finalists = [(Expr.from_sympy(f, ["x_0", "x_1"]), "evolved") for f in formulas]
+    outcome = evolution.choose(p, rows, finalists, pipeline.new_counts(), {},
+                               clock=pipeline.Clock(max_time=0.0, verbose=0))
+    return outcome, {str(e): k for k, e in enumerate(outcome.exprs)}
+
+
+def test_choose_passes_over_a_pole_that_no_row_comes_near():
+    # x0*x1 + 1e-7/(x0 - x1)**4 fits these rows to 1e-6 (within tolerance of the exact
+    # formula) and is simpler than the calm form of x0*x1 beside it, but explodes near the
+    # diagonal, where no row is.
+    p, rows = _pole_problem(lambda X: X[:, 0] * X[:, 1])
+    pole, calm = "x_0*x_1 + 1e-7/(x_0 - x_1)**4", "(x_0 + x_1)**2/4 - (x_0 - x_1)**2/4"
+    assert _complexity(pole) < _complexity(calm)
+    outcome, _ = _choose_unpolished(p, rows, [pole, calm])
+    assert [e.complexity() for e in outcome.exprs] == [_complexity(pole), _complexity(calm)]
+    assert outcome.r2_validation[0] > 1 - 1e-9              # within tolerance ...
+    assert outcome.selected == 1                            # ... but passed over
+    probe = evolution._Probe(p, rows.train)
+    assert not probe.calm(outcome.exprs[0]) and probe.calm(outcome.exprs[1])
+    # NaN where a formula is not defined (sqrt of a negative) is not a blow-up.
+    assert probe.calm(Expr.from_sympy("x_0*x_1 + sqrt(x_0 - 2)", ["x_0", "x_1"]))
+
+
+def test_choose_keeps_the_simplest_where_every_contender_has_the_pole():
+    p, rows = _pole_problem(lambda X: 1.0 / (X[:, 0] - X[:, 1]))
+    outcome, _ = _choose_unpolished(p, rows, ["1/(x_0 - x_1)", "2/(2*x_0 - 2*x_1)"])
+    assert outcome.exprs[outcome.selected].complexity() == min(
+        e.complexity() for e, r in zip(outcome.exprs, outcome.r2_validation) if r > 0.999)
+
+
+def _complexity(formula):
+    return Expr.from_sympy(formula, ["x_0", "x_1"]).complexity()

@@ -47,6 +47,11 @@ POLISH_LIMIT = 8
 PRUNE_ROUNDS = 2              # contenders' sums also compete without one term, twice
 POLISH_BAND, POLISH_FLOOR = 1e3, 1e-6
 POLISH_ITERATIONS, POLISH_GTOL = 100, 1e-14
+# Among the formulas within tolerance, the rule prefers one that stays calm inside the
+# training rows' bounding box: on PROBE_POINTS uniform points there, no value (NaN aside)
+# farther than BLOW_UP x the range of y from the median of y.
+PROBE_POINTS = 4096
+BLOW_UP = 100.0
 SOURCE_BASELINE = "baseline"
 
 
@@ -231,6 +236,11 @@ def choose(p: FitProblem, rows: Rows, finalists, counts, dropped,
     columns, simplest first; ``selected`` is the simplest within tolerance of the best
     validation error (the training error where there are no validation rows).
 
+    Among the formulas within tolerance the rule takes the simplest that does not blow up
+    between the rows (``_Probe``): a search can fit a pole that no training or validation row
+    comes near, such as a tiny term c / sin(u)**4. Where every one blows up (a true pole),
+    the simplest wins.
+
     Before the rule compares them, the formulas that may win are polished in float64, and
     their sums also compete without each of their terms (``PRUNE_ROUNDS`` times): the
     search's float32 constants leave exact formulas an error of 1e-12 to 1e-8, and a term
@@ -253,12 +263,15 @@ def choose(p: FitProblem, rows: Rows, finalists, counts, dropped,
     order = pool.order()
     mse, r2 = (np.array([pool.train[k][j] for k in order]) for j in (0, 1))
     val_r2 = np.array([pool.valid[k][1] for k in order])
+    probe = _Probe(p, rows.train)
+    selected = _simplest_within_tolerance(1.0 - val_r2,
+                                          calm=lambda i: probe.calm(pool.exprs[order[i]]))
     return pipeline.FitOutcome(
         exprs=[pipeline.to_columns(pool.exprs[k], p) for k in order], r2=r2, mse=mse,
         complexity=np.array([pool.exprs[k].complexity() for k in order]),
         refined=np.ones(len(order), bool), source=[pool.sources[k] for k in order],
         fallback=None, counts=counts, dropped=dict(dropped),
-        selected=_simplest_within_tolerance(1.0 - val_r2), r2_validation=val_r2)
+        selected=selected, r2_validation=val_r2)
 
 
 class _Finalists:
@@ -382,10 +395,30 @@ def _metrics(expr: Expr, p: FitProblem, rows) -> tuple[float, float]:
     return pipeline.weighted_metrics(prediction, p.y[rows], p.weight[rows])
 
 
-def _simplest_within_tolerance(nmse: np.ndarray) -> int:
-    """Index of the first (simplest) entry within tolerance of the lowest finite error."""
+def _simplest_within_tolerance(nmse: np.ndarray, calm=None) -> int:
+    """Index of the first (simplest) entry within tolerance of the lowest finite error; with
+    ``calm`` (index -> bool), the first of those that is calm, if any is."""
     finite = np.isfinite(nmse)
     if not finite.any():
         return 0
     bound = np.min(nmse[finite]) * (1 + RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE
-    return int(np.flatnonzero(finite & (nmse <= bound))[0])
+    within = np.flatnonzero(finite & (nmse <= bound))
+    return int(next((i for i in within if calm is None or calm(i)), within[0]))
+
+
+class _Probe:
+    """Uniform points in the bounding box of a problem's training rows (user units, a fixed
+    seed), and the limit a calm formula stays within there."""
+
+    def __init__(self, p: FitProblem, rows):
+        X, y = p.user_units(rows), p.y[rows]
+        rng = np.random.default_rng(0)
+        self.points = rng.uniform(X.min(0), X.max(0), (PROBE_POINTS, X.shape[1]))
+        self.center = float(np.median(y))
+        self.limit = BLOW_UP * max(float(np.ptp(y)), np.finfo(float).tiny)
+
+    def calm(self, expr: Expr) -> bool:
+        with np.errstate(all="ignore"):
+            values = np.asarray(expr.evaluate(self.points), float)
+        deviation = np.abs(values - self.center)
+        return not np.any(deviation[~np.isnan(deviation)] > self.limit)
