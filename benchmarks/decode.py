@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -38,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import first_and_median  # noqa: E402  (benchmarks/timing.py)
+from timing import first_and_median, machine  # noqa: E402  (benchmarks/timing.py)
 
 from jaxsr import decode
 from jaxsr.expr import Vocab
@@ -182,8 +181,7 @@ def main() -> None:
     results = {
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
+        **machine(),
         "length": args.length,
         "points": N_POINTS,
         "bags": 1,

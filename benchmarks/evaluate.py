@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import machine  # noqa: E402  (benchmarks/timing.py)
 
 from jaxsr.expr import compile_programs, evaluate_programs
 from jaxsr.expr.random_trees import random_expr
@@ -89,8 +93,7 @@ def measure(sizes: list[int], repeats: int, baseline_size: int) -> dict:
         results["throughput_ratio_8192_vs_512"] = round(rates["8192"] / rates["512"], 3)
     results.update(n_points=N_POINTS, dtype="float32 (JAX) vs float64 (numpy loop)",
                    repeats=repeats, jax=jax.__version__, backend=jax.default_backend(),
-                   device=str(jax.devices()[0].device_kind), machine=platform.machine(),
-                   cpu_count=__import__("os").cpu_count())
+                   device=str(jax.devices()[0].device_kind), **machine())
     return results
 
 

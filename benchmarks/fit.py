@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -43,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from evaluate import BINARY, UNARY  # the reference generator's operator mix
+from timing import machine
 
 from jaxsr import SymbolicTransformerRegressor, datasets
 from jaxsr.expr.random_trees import random_expr
@@ -159,8 +159,7 @@ def main() -> None:
                             if "10" in out["total_seconds"] else None)
     out.update(load_average_at_end=round(os.getloadavg()[0], 2),
                jax=jax.__version__, backend=jax.default_backend(),
-               device=str(jax.devices()[0].device_kind), machine=platform.machine(),
-               cpu_count=os.cpu_count())
+               device=str(jax.devices()[0].device_kind), **machine())
     print(json.dumps(out))
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 
 import jax
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import first_and_median  # noqa: E402  (benchmarks/timing.py)
+from timing import first_and_median, machine  # noqa: E402  (benchmarks/timing.py)
 
 from jaxsr.model import E2EModel, get_config, init_params, param_counts
 
@@ -124,8 +123,7 @@ def main() -> None:
     results.update(
         n_points=N_POINTS, max_len=MAX_LEN, steps=args.steps, repeats=args.repeats,
         weights="random", dtype="float32", jax=jax.__version__, backend=jax.default_backend(),
-        device=str(jax.devices()[0].device_kind), machine=platform.machine(),
-        cpu_count=os.cpu_count(),
+        device=str(jax.devices()[0].device_kind), **machine(),
     )
     print(json.dumps(results))
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -32,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from evaluate import BINARY, UNARY  # noqa: E402  (same operator mix as the evaluator benchmark)
+from timing import machine  # noqa: E402
 
 from jaxsr.expr.random_trees import random_expr  # noqa: E402
 from jaxsr.refine import refine_constants  # noqa: E402
@@ -120,8 +120,7 @@ def main() -> None:
     rated = {s: r for s, r in rated.items() if r}
     out["best"] = max(rated, key=rated.get) if rated else None
     out.update(n_points=N_POINTS, max_iter=MAX_ITER, dtype="float32", jax=jax.__version__,
-               backend=jax.default_backend(), machine=platform.machine(),
-               cpu_count=os.cpu_count())
+               backend=jax.default_backend(), **machine())
     print(json.dumps(out))
 
 

@@ -33,11 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 
 import jax
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import machine  # noqa: E402  (benchmarks/timing.py)
 
 from jaxsr.search import cores, engine, fitness
 from jaxsr.search.engine import SearchSettings
@@ -154,8 +157,7 @@ def main(argv=None) -> int:
             "numpy_loop_evaluations_per_second": base / loop_seconds,
             "speedup_vs_numpy_loop": batched * loop_seconds / base if batched else None,
         })
-    result.update(machine=platform.machine(), cpu_count=os.cpu_count(),
-                  backend=jax.default_backend(), jax=jax.__version__)
+    result.update(**machine(), backend=jax.default_backend(), jax=jax.__version__)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

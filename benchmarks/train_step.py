@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
-from timing import first_and_median  # noqa: E402  (benchmarks/timing.py)
+from timing import first_and_median, machine  # noqa: E402  (benchmarks/timing.py)
 
 from jaxsr import parallel  # noqa: E402
 from jaxsr.data import Generator, GeneratorConfig  # noqa: E402
@@ -256,7 +255,7 @@ def main() -> None:
     results.update(
         n_points=N_POINTS, repeats=args.repeats, lr=LR, jax=jax.__version__,
         backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
-        devices=parallel.device_count(), machine=platform.machine(), cpu_count=os.cpu_count())
+        devices=parallel.device_count(), **machine())
     print(json.dumps(results))
 
 
