@@ -28,6 +28,7 @@ import pandas as pd
 
 import jaxsr.datasets
 from jaxsr.fileio import atomic_write
+from jaxsr.machine import cpu_description
 from jaxsr.weights import UntrainedModelWarning
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -239,6 +240,7 @@ def write_provenance(out_dir: Path, experiment: str, args: argparse.Namespace, s
         "libraries": library_versions(),
         "devices": devices(),
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(wall_seconds, 2),
         **(extra or {}),
