@@ -584,10 +584,33 @@ def test_choose_passes_over_a_pole_that_no_row_comes_near():
     assert probe.calm(Expr.from_sympy("x_0*x_1 + sqrt(x_0 - 2)", ["x_0", "x_1"]))
 
 
+def test_choose_takes_a_calm_formula_up_to_ten_times_the_error_over_a_pole():
+    # Only the pole is within tolerance; a calm formula with 3x its validation error wins.
+    p, rows = _pole_problem(lambda X: X[:, 0] * X[:, 1])
+    pole = Expr.from_sympy("x_0*x_1 + 1e-4/(x_0 - x_1)**4", ["x_0", "x_1"])
+    X, y = p.user_units(rows.validation), p.y[rows.validation]
+    nmse = lambda f: np.mean((f - y) ** 2) / np.var(y)
+    scale = 1 + np.sqrt(3 * nmse(pole.evaluate(X)) / nmse(0 * y))   # nmse(c*x0*x1) = 3 x
+    calm = f"{float(scale)!r}*x_0*x_1"
+    outcome, _ = _choose_unpolished(p, rows, [str(pole), calm])
+    val_nmse = 1 - outcome.r2_validation
+    assert val_nmse[0] == pytest.approx(3 * val_nmse[1], rel=1e-6)   # calm (simpler) first
+    assert val_nmse[0] > 1.05 * val_nmse[1] + evolution.ABSOLUTE_TOLERANCE
+    assert outcome.selected == 0
+    # Beyond CALM_BAND x the error, the pole stays.
+    worse = f"{float(1 + np.sqrt(30) * (scale - 1))!r}*x_0*x_1"
+    outcome, _ = _choose_unpolished(p, rows, [str(pole), worse])
+    assert outcome.selected == 1
+
+
 def test_choose_keeps_the_simplest_where_every_contender_has_the_pole():
+    # A true pole between the rows: a calm but far worse formula does not displace it.
     p, rows = _pole_problem(lambda X: 1.0 / (X[:, 0] - X[:, 1]))
-    outcome, _ = _choose_unpolished(p, rows, ["1/(x_0 - x_1)", "2/(2*x_0 - 2*x_1)"])
-    assert outcome.exprs[outcome.selected].complexity() == min(
+    outcome, _ = _choose_unpolished(p, rows, ["1/(x_0 - x_1)", "2/(2*x_0 - 2*x_1)",
+                                              "0.5*x_0 - 0.5*x_1 + 0.1*x_0*x_1"])
+    chosen = outcome.exprs[outcome.selected]
+    assert outcome.r2_validation[outcome.selected] > 1 - 1e-12
+    assert chosen.complexity() == min(
         e.complexity() for e, r in zip(outcome.exprs, outcome.r2_validation) if r > 0.999)
 
 

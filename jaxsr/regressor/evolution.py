@@ -13,6 +13,7 @@ best one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 
 import numpy as np
@@ -47,11 +48,13 @@ POLISH_LIMIT = 8
 PRUNE_ROUNDS = 2              # contenders' sums also compete without one term, twice
 POLISH_BAND, POLISH_FLOOR = 1e3, 1e-6
 POLISH_ITERATIONS, POLISH_GTOL = 100, 1e-14
-# Among the formulas within tolerance, the rule prefers one that stays calm inside the
-# training rows' bounding box: on PROBE_POINTS uniform points there, no value (NaN aside)
-# farther than BLOW_UP x the range of y from the median of y.
+# The rule prefers formulas that stay calm inside the training rows' bounding box: on
+# PROBE_POINTS uniform points there, no value (NaN aside) farther than BLOW_UP x the range
+# of y from the median of y. Where every formula within tolerance blows up, a calm one
+# whose validation NMSE is at most CALM_BAND x the lowest (+ ABSOLUTE_TOLERANCE) wins.
 PROBE_POINTS = 4096
 BLOW_UP = 100.0
+CALM_BAND = 10.0
 SOURCE_BASELINE = "baseline"
 
 
@@ -236,10 +239,12 @@ def choose(p: FitProblem, rows: Rows, finalists, counts, dropped,
     columns, simplest first; ``selected`` is the simplest within tolerance of the best
     validation error (the training error where there are no validation rows).
 
-    Among the formulas within tolerance the rule takes the simplest that does not blow up
-    between the rows (``_Probe``): a search can fit a pole that no training or validation row
-    comes near, such as a tiny term c / sin(u)**4. Where every one blows up (a true pole),
-    the simplest wins.
+    The rule prefers formulas that do not blow up between the rows (``_Probe``): a search
+    can fit a pole that no training or validation row comes near (a tiny term c / sin(u)**4,
+    or b / x where the rows skip x = 0) and a test row then hits. It takes the simplest
+    calm formula within tolerance; where every formula within tolerance blows up, the
+    simplest calm one within ``CALM_BAND`` x the lowest error; where none is calm there
+    either (a true pole), the simplest within tolerance.
 
     Before the rule compares them, the formulas that may win are polished in float64, and
     their sums also compete without each of their terms (``PRUNE_ROUNDS`` times): the
@@ -264,8 +269,8 @@ def choose(p: FitProblem, rows: Rows, finalists, counts, dropped,
     mse, r2 = (np.array([pool.train[k][j] for k in order]) for j in (0, 1))
     val_r2 = np.array([pool.valid[k][1] for k in order])
     probe = _Probe(p, rows.train)
-    selected = _simplest_within_tolerance(1.0 - val_r2,
-                                          calm=lambda i: probe.calm(pool.exprs[order[i]]))
+    calm = functools.cache(lambda i: probe.calm(pool.exprs[order[i]]))
+    selected = _simplest_within_tolerance(1.0 - val_r2, calm)
     return pipeline.FitOutcome(
         exprs=[pipeline.to_columns(pool.exprs[k], p) for k in order], r2=r2, mse=mse,
         complexity=np.array([pool.exprs[k].complexity() for k in order]),
@@ -397,13 +402,22 @@ def _metrics(expr: Expr, p: FitProblem, rows) -> tuple[float, float]:
 
 def _simplest_within_tolerance(nmse: np.ndarray, calm=None) -> int:
     """Index of the first (simplest) entry within tolerance of the lowest finite error; with
-    ``calm`` (index -> bool), the first of those that is calm, if any is."""
+    ``calm`` (index -> bool), the first calm one within tolerance, else within ``CALM_BAND``
+    of the lowest error, else the first within tolerance."""
     finite = np.isfinite(nmse)
     if not finite.any():
         return 0
-    bound = np.min(nmse[finite]) * (1 + RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE
-    within = np.flatnonzero(finite & (nmse <= bound))
-    return int(next((i for i in within if calm is None or calm(i)), within[0]))
+    lowest = np.min(nmse[finite])
+    within = lambda factor: np.flatnonzero(finite & (nmse <= lowest * factor
+                                                     + ABSOLUTE_TOLERANCE))
+    tolerated = within(1 + RELATIVE_TOLERANCE)
+    if calm is None:
+        return int(tolerated[0])
+    for candidates in (tolerated, within(CALM_BAND)):
+        found = next((i for i in candidates if calm(i)), None)
+        if found is not None:
+            return int(found)
+    return int(tolerated[0])
 
 
 class _Probe:
