@@ -584,23 +584,29 @@ def test_choose_passes_over_a_pole_that_no_row_comes_near():
     assert probe.calm(Expr.from_sympy("x_0*x_1 + sqrt(x_0 - 2)", ["x_0", "x_1"]))
 
 
-def test_choose_takes_a_calm_formula_up_to_ten_times_the_error_over_a_pole():
-    # Only the pole is within tolerance; a calm formula with 3x its validation error wins.
+def test_choose_applies_its_rule_to_calm_formulas_up_to_ten_times_the_error():
+    # Only the pole is within tolerance. Among the calm formulas, the one with 3x its error
+    # wins over a simpler one with 8x: the rule, applied to the calm formulas alone.
     p, rows = _pole_problem(lambda X: X[:, 0] * X[:, 1])
     pole = Expr.from_sympy("x_0*x_1 + 1e-4/(x_0 - x_1)**4", ["x_0", "x_1"])
     X, y = p.user_units(rows.validation), p.y[rows.validation]
     nmse = lambda f: np.mean((f - y) ** 2) / np.var(y)
-    scale = 1 + np.sqrt(3 * nmse(pole.evaluate(X)) / nmse(0 * y))   # nmse(c*x0*x1) = 3 x
-    calm = f"{float(scale)!r}*x_0*x_1"
-    outcome, _ = _choose_unpolished(p, rows, [str(pole), calm])
+    # c x0 x1 has NMSE (c - 1)^2 nmse(0): the scale with `times` the pole's error
+    scale = lambda times: float(1 + np.sqrt(times * nmse(pole.evaluate(X)) / nmse(0 * y)))
+    calm_3x = f"{scale(3)!r}*((x_0 + x_1)**2/4 - (x_0 - x_1)**2/4)"
+    calm_8x = f"{scale(8)!r}*x_0*x_1"
+    outcome, _ = _choose_unpolished(p, rows, [str(pole), calm_3x, calm_8x])
     val_nmse = 1 - outcome.r2_validation
-    assert val_nmse[0] == pytest.approx(3 * val_nmse[1], rel=1e-6)   # calm (simpler) first
-    assert val_nmse[0] > 1.05 * val_nmse[1] + evolution.ABSOLUTE_TOLERANCE
-    assert outcome.selected == 0
+    order = [str(e) for e in outcome.exprs]
+    at = {name: min(range(3), key=lambda k: abs(val_nmse[k] / val_nmse.min() - ratio))
+          for name, ratio in (("pole", 1), ("3x", 3), ("8x", 8))}
+    assert sorted(at.values()) == [0, 1, 2], order
+    assert outcome.exprs[at["8x"]].complexity() < outcome.exprs[at["3x"]].complexity()
+    assert val_nmse[at["3x"]] > 1.05 * val_nmse[at["pole"]] + evolution.ABSOLUTE_TOLERANCE
+    assert outcome.selected == at["3x"], order
     # Beyond CALM_BAND x the error, the pole stays.
-    worse = f"{float(1 + np.sqrt(30) * (scale - 1))!r}*x_0*x_1"
-    outcome, _ = _choose_unpolished(p, rows, [str(pole), worse])
-    assert outcome.selected == 1
+    outcome, _ = _choose_unpolished(p, rows, [str(pole), f"{scale(30)!r}*x_0*x_1"])
+    assert str(outcome.exprs[outcome.selected]) == str(pole)
 
 
 def test_choose_keeps_the_simplest_where_every_contender_has_the_pole():

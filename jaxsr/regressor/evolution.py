@@ -50,8 +50,8 @@ POLISH_BAND, POLISH_FLOOR = 1e3, 1e-6
 POLISH_ITERATIONS, POLISH_GTOL = 100, 1e-14
 # The rule prefers formulas that stay calm inside the training rows' bounding box: on
 # PROBE_POINTS uniform points there, no value (NaN aside) farther than BLOW_UP x the range
-# of y from the median of y. Where every formula within tolerance blows up, a calm one
-# whose validation NMSE is at most CALM_BAND x the lowest (+ ABSOLUTE_TOLERANCE) wins.
+# of y from the median of y. Where every formula within tolerance blows up, the rule is
+# applied to the calm formulas whose validation NMSE is at most CALM_BAND x the lowest.
 PROBE_POINTS = 4096
 BLOW_UP = 100.0
 CALM_BAND = 10.0
@@ -242,9 +242,10 @@ def choose(p: FitProblem, rows: Rows, finalists, counts, dropped,
     The rule prefers formulas that do not blow up between the rows (``_Probe``): a search
     can fit a pole that no training or validation row comes near (a tiny term c / sin(u)**4,
     or b / x where the rows skip x = 0) and a test row then hits. It takes the simplest
-    calm formula within tolerance; where every formula within tolerance blows up, the
-    simplest calm one within ``CALM_BAND`` x the lowest error; where none is calm there
-    either (a true pole), the simplest within tolerance.
+    calm formula within tolerance; where every formula within tolerance blows up, it
+    applies the same rule to the calm formulas within ``CALM_BAND`` x the lowest error
+    (the simplest within tolerance of the best calm one); where none is calm there either
+    (a true pole), the simplest within tolerance.
 
     Before the rule compares them, the formulas that may win are polished in float64, and
     their sums also compete without each of their terms (``PRUNE_ROUNDS`` times): the
@@ -401,23 +402,28 @@ def _metrics(expr: Expr, p: FitProblem, rows) -> tuple[float, float]:
 
 
 def _simplest_within_tolerance(nmse: np.ndarray, calm=None) -> int:
-    """Index of the first (simplest) entry within tolerance of the lowest finite error; with
-    ``calm`` (index -> bool), the first calm one within tolerance, else within ``CALM_BAND``
-    of the lowest error, else the first within tolerance."""
+    """Index of the first (simplest) entry within tolerance of the lowest finite error. With
+    ``calm`` (index -> bool): the first calm one within tolerance; where there is none, the
+    same rule among the calm entries within ``CALM_BAND`` of the lowest error; where there
+    are none either, the first within tolerance."""
     finite = np.isfinite(nmse)
     if not finite.any():
         return 0
-    lowest = np.min(nmse[finite])
-    within = lambda factor: np.flatnonzero(finite & (nmse <= lowest * factor
-                                                     + ABSOLUTE_TOLERANCE))
-    tolerated = within(1 + RELATIVE_TOLERANCE)
+    tolerated = _within(nmse, np.flatnonzero(finite), 1 + RELATIVE_TOLERANCE)
     if calm is None:
         return int(tolerated[0])
-    for candidates in (tolerated, within(CALM_BAND)):
-        found = next((i for i in candidates if calm(i)), None)
-        if found is not None:
-            return int(found)
-    return int(tolerated[0])
+    found = next((i for i in tolerated if calm(i)), None)
+    if found is None:
+        band = [i for i in _within(nmse, np.flatnonzero(finite), CALM_BAND) if calm(i)]
+        found = _within(nmse, np.array(band, int), 1 + RELATIVE_TOLERANCE)[0] if band else None
+    return int(tolerated[0] if found is None else found)
+
+
+def _within(nmse: np.ndarray, among: np.ndarray, factor: float) -> np.ndarray:
+    """The entries of ``among`` (in order) whose error is at most ``factor`` x the lowest
+    among them + ``ABSOLUTE_TOLERANCE``."""
+    bound = np.min(nmse[among]) * factor + ABSOLUTE_TOLERANCE
+    return among[nmse[among] <= bound]
 
 
 class _Probe:
