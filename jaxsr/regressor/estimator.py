@@ -30,7 +30,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
     ``search="evolve"`` (the default) they seed an evolutionary search
     (``jaxsr.search``) in which the model also proposes formulas for the residuals of the
     best ones; the answer is the simplest formula of the final Pareto front whose error on
-    held-out training rows is within tolerance of the best. See ``docs/regressor.md``.
+    held-out training rows is within tolerance of the best, preferring formulas that do not
+    blow up between the training rows. See ``docs/regressor.md``.
 
     Parameters:
       model: "default" (the trained model that ships with the package; an installation
