@@ -53,7 +53,9 @@ def info() -> dict:
         pass
     # Every other part imports jaxsr: an import failure named here explains them all.
     try:
-        import jaxsr  # noqa: F401
+        from jaxsr.machine import cpu_description
+
+        out["cpu"] = cpu_description()
         out["jaxsr_import"] = "ok"
     except Exception as error:  # noqa: BLE001
         out["jaxsr_import"] = f"{type(error).__name__}: {error}"

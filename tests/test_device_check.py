@@ -46,6 +46,7 @@ def test_smoke_run_reports_every_part(tmp_path):
     report, log = run_check("--smoke", "--out", str(out), "--tmp", str(tmp_path / "parts"))
     assert json.loads(out.read_text()) == report
     assert isinstance(report["device"], str) and report["device"], report["device"]
+    assert isinstance(report["info"]["cpu"], str) and report["info"]["cpu"], report["info"]
     assert report["smoke"] is True and report["backend"] == "cpu"
     assert report["jax"] and report["total_seconds"] < 120
     for part, figures in SMOKE_FIGURES.items():
