@@ -442,15 +442,16 @@ def evolved(toy_model):
 def test_evolve_returns_a_pareto_front_and_chooses_on_held_out_rows(evolved):
     est, X, y = evolved
     table = est.equations_
-    assert {"r2_validation", "source", "selected"} <= set(table.columns)
+    assert {"r2_validation", "calm", "source", "selected"} <= set(table.columns)
+    assert table["calm"].dtype == bool and table.loc[est.best_index_, "calm"]
     assert set(table["source"]) <= {"model sample", "model proposal", "evolved",
                                     "random tree", "baseline"}
     assert table["selected"].sum() == 1 and table.loc[est.best_index_, "selected"]
     assert list(table["complexity"]) == sorted(table["complexity"])
-    # The rule: the simplest formula within tolerance of the best validation error.
+    # The rule: the simplest calm formula within tolerance of the best validation error.
     nmse = 1 - table["r2_validation"].to_numpy()
     bound = nmse.min() * 1.05 + 1e-10
-    assert est.best_index_ == int(np.flatnonzero(nmse <= bound)[0])
+    assert est.best_index_ == int(np.flatnonzero((nmse <= bound) & table["calm"])[0])
     assert est.score(X, y) > 1 - 1e-9, est.best_
     np.testing.assert_allclose(est.predict(X), y, rtol=1e-6, atol=1e-6)
     assert est.fit_info_["stopped"] == "target_r2" and est.timings_["search"] > 0
@@ -578,8 +579,8 @@ def test_choose_passes_over_a_pole_that_no_row_comes_near():
     assert [e.complexity() for e in outcome.exprs] == [_complexity(pole), _complexity(calm)]
     assert outcome.r2_validation[0] > 1 - 1e-9              # within tolerance ...
     assert outcome.selected == 1                            # ... but passed over
+    assert outcome.calm.tolist() == [False, True]
     probe = evolution._Probe(p, rows.train)
-    assert not probe.calm(outcome.exprs[0]) and probe.calm(outcome.exprs[1])
     # NaN where a formula is not defined (sqrt of a negative) is not a blow-up.
     assert probe.calm(Expr.from_sympy("x_0*x_1 + sqrt(x_0 - 2)", ["x_0", "x_1"]))
 

@@ -65,9 +65,10 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
       equations_: DataFrame, one row per candidate: formula (exact, full precision, in the
         column names), sympy, complexity, r2, mse, refined, source, selected, model. With
         "sample": every unique candidate, best first, source "model" or a flagged
-        fallback. With "evolve": the final Pareto front, simplest first, with r2_validation
-        and source "model sample", "model proposal", "evolved", "random tree" or
-        "baseline".
+        fallback. With "evolve": the final Pareto front, simplest first, with r2_validation,
+        calm (False where the formula blows up between the training rows, which the
+        choice avoids) and source "model sample", "model proposal", "evolved", "random
+        tree" or "baseline".
       expressions_: the candidates as ``jaxsr.Expr`` trees (x_k = column k of X), same order.
       best_: the selected formula (exact infix string); best_index_: its row.
       variable_names_: the name of each column in formulas; feature_names_in_,
@@ -231,8 +232,9 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         }
         self._table = {"complexity": outcome.complexity, "r2": outcome.r2, "mse": outcome.mse,
                        "refined": outcome.refined, "source": outcome.source}
-        if outcome.r2_validation is not None:
-            self._table["r2_validation"] = outcome.r2_validation
+        for column in ("r2_validation", "calm"):
+            if getattr(outcome, column) is not None:
+                self._table[column] = getattr(outcome, column)
         self._equations = None
 
     # ------------------------------------------------------------------ results

@@ -13,7 +13,6 @@ best one.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections import Counter
 
 import numpy as np
@@ -245,7 +244,8 @@ def choose(p: FitProblem, rows: Rows, finalists, counts, dropped,
     calm formula within tolerance; where every formula within tolerance blows up, it
     applies the same rule to the calm formulas within ``CALM_BAND`` x the lowest error
     (the simplest within tolerance of the best calm one); where none is calm there either
-    (a true pole), the simplest within tolerance.
+    (a true pole), the simplest within tolerance. The outcome's ``calm`` holds the
+    probe's verdict for every finalist.
 
     Before the rule compares them, the formulas that may win are polished in float64, and
     their sums also compete without each of their terms (``PRUNE_ROUNDS`` times): the
@@ -270,14 +270,14 @@ def choose(p: FitProblem, rows: Rows, finalists, counts, dropped,
     mse, r2 = (np.array([pool.train[k][j] for k in order]) for j in (0, 1))
     val_r2 = np.array([pool.valid[k][1] for k in order])
     probe = _Probe(p, rows.train)
-    calm = functools.cache(lambda i: probe.calm(pool.exprs[order[i]]))
-    selected = _simplest_within_tolerance(1.0 - val_r2, calm)
+    calm = np.array([probe.calm(pool.exprs[k]) for k in order])
     return pipeline.FitOutcome(
         exprs=[pipeline.to_columns(pool.exprs[k], p) for k in order], r2=r2, mse=mse,
         complexity=np.array([pool.exprs[k].complexity() for k in order]),
         refined=np.ones(len(order), bool), source=[pool.sources[k] for k in order],
         fallback=None, counts=counts, dropped=dict(dropped),
-        selected=selected, r2_validation=val_r2)
+        selected=_simplest_within_tolerance(1.0 - val_r2, calm), r2_validation=val_r2,
+        calm=calm)
 
 
 class _Finalists:
@@ -401,22 +401,24 @@ def _metrics(expr: Expr, p: FitProblem, rows) -> tuple[float, float]:
     return pipeline.weighted_metrics(prediction, p.y[rows], p.weight[rows])
 
 
-def _simplest_within_tolerance(nmse: np.ndarray, calm=None) -> int:
+def _simplest_within_tolerance(nmse: np.ndarray, calm: np.ndarray | None = None) -> int:
     """Index of the first (simplest) entry within tolerance of the lowest finite error. With
-    ``calm`` (index -> bool): the first calm one within tolerance; where there is none, the
-    same rule among the calm entries within ``CALM_BAND`` of the lowest error; where there
-    are none either, the first within tolerance."""
+    ``calm`` (a bool per entry): the first calm one within tolerance; where there is none,
+    the same rule among the calm entries within ``CALM_BAND`` of the lowest error; where
+    there are none either, the first within tolerance."""
     finite = np.isfinite(nmse)
     if not finite.any():
         return 0
     tolerated = _within(nmse, np.flatnonzero(finite), 1 + RELATIVE_TOLERANCE)
     if calm is None:
         return int(tolerated[0])
-    found = next((i for i in tolerated if calm(i)), None)
-    if found is None:
-        band = [i for i in _within(nmse, np.flatnonzero(finite), CALM_BAND) if calm(i)]
-        found = _within(nmse, np.array(band, int), 1 + RELATIVE_TOLERANCE)[0] if band else None
-    return int(tolerated[0] if found is None else found)
+    # Within tolerance, the rule re-applied to the calm entries keeps all of them (their
+    # lowest error is at least the overall lowest): it picks the first calm one.
+    for candidates in (tolerated, _within(nmse, np.flatnonzero(finite), CALM_BAND)):
+        candidates = candidates[calm[candidates]]
+        if len(candidates):
+            return int(_within(nmse, candidates, 1 + RELATIVE_TOLERANCE)[0])
+    return int(tolerated[0])
 
 
 def _within(nmse: np.ndarray, among: np.ndarray, factor: float) -> np.ndarray:

@@ -102,6 +102,7 @@ class FitOutcome:
     dropped: dict
     selected: int = 0                        # the chosen row (the first: best R2)
     r2_validation: np.ndarray | None = None  # with search="evolve": R2 on held-out rows
+    calm: np.ndarray | None = None  # with search="evolve": no blow-up between the rows
 
 
 class Clock:
