@@ -7,7 +7,7 @@ Rows: a problem's fit rows are split into a training part (75%) and a validation
 The search scores candidates on at most ``SEARCH_ROWS`` training rows. Its Pareto front,
 with a linear fit, is then measured on all training rows and on the validation rows, and
 ``choose`` picks the simplest formula whose validation error is within tolerance of the
-best one.
+best one, preferring formulas that do not blow up between the training rows.
 """
 
 from __future__ import annotations
