@@ -613,7 +613,7 @@ def test_choose_keeps_the_simplest_where_every_contender_has_the_pole():
     # A true pole between the rows: a calm but far worse formula does not displace it.
     p, rows = _pole_problem(lambda X: 1.0 / (X[:, 0] - X[:, 1]))
     outcome = _choose_unpolished(p, rows, ["1/(x_0 - x_1)", "2/(2*x_0 - 2*x_1)",
-                                              "0.5*x_0 - 0.5*x_1 + 0.1*x_0*x_1"])
+                                           "0.5*x_0 - 0.5*x_1 + 0.1*x_0*x_1"])
     chosen = outcome.exprs[outcome.selected]
     assert outcome.r2_validation[outcome.selected] > 1 - 1e-12
     assert chosen.complexity() == min(
