@@ -28,6 +28,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxsr.data import Generator, GeneratorConfig, batches  # noqa: E402
+from jaxsr.machine import cpu_description  # noqa: E402
 
 REFERENCE_SAMPLES_PER_SECOND = 90  # docs/reference.md 2.3: ~11 ms per expression, one core
 
@@ -181,7 +182,8 @@ def main(argv=None) -> dict:
         "single_core": single,
         "all_cores": many,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "numpy": np.__version__, "processor": platform.processor()},
+                    "numpy": np.__version__, "processor": platform.processor(),
+                    "cpu": cpu_description()},
     }
     if args.reference:
         measured = time_reference(args.reference, args.seconds)
