@@ -323,18 +323,19 @@ def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None,
     node_index[order] = np.arange(len(order))
 
     # Every node described as an operand; a missing child (unary) is the scalar 0.
+    is_var, is_const = kind == KIND_VAR, kind == KIND_CONST
     as_operand = Operands(
-        node=np.append(node_index, -1),
-        var=np.append(np.where(kind == KIND_VAR, arg, -1), -1).astype(np.int32),
-        const=np.append(np.where(kind == KIND_CONST, program * K + arg, -1), -1).astype(np.int32),
-        value=np.append(np.where(kind == KIND_FIXED, fixed, 0.0), 0.0),
-        program=np.append(program, 0),
+        node=_with_absent(node_index, -1),
+        var=_with_absent(arg, -1, is_var, np.int32),
+        const=_with_absent(program * K + arg, -1, is_const, np.int32),
+        value=_with_absent(fixed, 0.0, kind == KIND_FIXED),
+        program=_with_absent(program, 0),
     )
     RB = B * size.ops
     # Operand rows of the sorted nodes, gathered once per field, then padded to the
     # capacity with "absent" (the last entry of as_operand, the scalar 0).
     kids = nodes.children[order]
-    operands = jax.tree.map(lambda a: _pad_rows(a[kids], RB + chunk, fill=a[-1]), as_operand)
+    operands = jax.tree.map(lambda a: _gather_padded(a, kids, RB + chunk), as_operand)
     roots = jax.tree.map(lambda a: a[nodes.root], as_operand)
     tapped = None if taps is None else jax.tree.map(lambda a: a[taps], as_operand)
 
@@ -349,7 +350,7 @@ def assemble(nodes: Nodes, size: ProgramSize, chunk: int | None = None,
     parent, const_position = (_cotangent_rows(kind, arg, program, node_index, kids,
                                               nodes.root, RB + chunk, K)
                               if gradients else (None, None))
-    used = arg[kind == KIND_VAR]
+    used = arg[is_var]
     # The interpreter's tables go to the device once; constants stay on the host in float64.
     tables = jax.device_put((operands, roots, pad(starts), pad(counts), pad(opcodes),
                              np.int32(len(starts)), parent, const_position))
@@ -415,9 +416,27 @@ def _sort_by_height_and_opcode(height: np.ndarray, opcode: np.ndarray) -> np.nda
     return np.lexsort((opcode, height))
 
 
-def _pad_rows(a: np.ndarray, rows: int, fill) -> np.ndarray:
-    out = np.full((rows, *a.shape[1:]), fill, a.dtype)
-    out[: len(a)] = a
+def _with_absent(values: np.ndarray, absent, keep: np.ndarray | None = None,
+                 dtype=None) -> np.ndarray:
+    """``values`` (where ``keep``, else ``absent``) as ``dtype``, with ``absent`` appended:
+    one allocation and one pass per field (the search builds these tables every
+    generation)."""
+    n = len(values)
+    out = np.empty(n + 1, dtype or values.dtype)
+    if keep is None:
+        out[:n] = values
+    else:
+        out[:n] = absent
+        np.copyto(out[:n], values, casting="unsafe", where=keep)
+    out[n] = absent
+    return out
+
+
+def _gather_padded(a: np.ndarray, index: np.ndarray, rows: int) -> np.ndarray:
+    """``a[index]`` padded to ``rows`` rows with ``a[-1]``, gathered straight into place."""
+    out = np.empty((rows, *index.shape[1:]), a.dtype)
+    np.take(a, index, out=out[: len(index)])
+    out[len(index):] = a[-1]
     return out
 
 
