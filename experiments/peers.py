@@ -50,6 +50,14 @@ over x_0, x_1, ... (column k of X is x_k), as the true formulas are.
     python experiments/peers.py --out results/peers-all --merge results/peers/*
     python experiments/peers.py --out results/ablation --ablation --budget 30
 
+``--generated N`` adds N functions of jaxsr's own generator (``problems.GeneratedSet``,
+family "generated", ranges narrowed with ``--generator FIELD=VALUE``); with the default model's
+training ranges they show whether its seeds help the search where it was trained:
+
+    python experiments/peers.py --out results/in_domain --ablation --generated 50 \
+        --problems 'generated_*' --generator max_input_dimension=3 max_unary_ops=2 \
+        max_binary_ops_offset=3 --methods evolve evolve-random-seeds
+
 ``--shard I/N`` runs every N-th job (from the I-th) of the sorted list of (method, problem,
 noise, seed) jobs; ``--merge DIR ...`` combines such folders (duplicate jobs counted once).
 Writes ``peers_results.csv`` (one row per method, problem, seed and noise level),
@@ -89,11 +97,13 @@ from experiments import common  # noqa: E402
 from experiments.problems import (  # noqa: E402
     PMLB_ROWS,
     TRAIN_CAP,
+    GeneratedSet,
     GroundTruthProblem,
     all_problem_names,
     load_problems,
     select_names,
 )
+from jaxsr.data import GeneratorConfig  # noqa: E402
 from jaxsr.metrics import check_symbolic_solution, complexity, parse_formula, r2_score  # noqa: E402
 
 QUICK_PROBLEMS = ("feynman_I_12_1", "strogatz_lv1")
@@ -121,6 +131,7 @@ class RunSettings:
     n_rows: int = PMLB_ROWS           # Feynman rows generated per problem
     train_cap: int = TRAIN_CAP
     symbolic_timeout: float = 10.0    # seconds of sympy per formula at most (not in the budget)
+    generated: GeneratedSet = GeneratedSet()  # --generated, --generator
 
     @classmethod
     def quick(cls, **changes) -> RunSettings:
@@ -402,7 +413,8 @@ class ProblemStore:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key], = load_problems(self.data_dir, seed=seed, noise=noise,
                                               patterns=[name], n_rows=self.run.n_rows,
-                                              train_cap=self.run.train_cap)
+                                              train_cap=self.run.train_cap,
+                                              generated=self.run.generated)
         return self._cache[key]
 
 
@@ -685,6 +697,11 @@ def build_parser():
                              "PMLB; fewer make a long run cheaper: 75%% train, 25%% test)")
     parser.add_argument("--symbolic-timeout", type=float, default=None,
                         help="seconds of sympy per formula for the symbolic check (default 10)")
+    parser.add_argument("--generated", type=int, default=0, metavar="N",
+                        help="also N functions of jaxsr's generator (generated_000, ...)")
+    parser.add_argument("--generator", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="GeneratorConfig fields narrowing --generated's ranges, e.g. "
+                             "max_input_dimension=3 (default: the reference's ranges)")
     return parser
 
 
@@ -697,6 +714,9 @@ def run_settings(args) -> RunSettings:
         changes["n_rows"] = args.rows
     if args.symbolic_timeout is not None:
         changes["symbolic_timeout"] = args.symbolic_timeout
+    if args.generated:
+        fields = common.assignments("--generator", args.generator, GeneratorConfig)
+        changes["generated"] = GeneratedSet(args.generated, tuple(sorted(fields.items())))
     return RunSettings.quick(**changes) if args.quick else RunSettings(**changes)
 
 
@@ -717,12 +737,16 @@ def check_arguments(args, table: dict[str, Method]) -> str | None:
         return f"--methods {unknown}: not among {list(table)}"
     if args.budget is not None and not args.budget > 0:
         return f"--budget must be positive, got {args.budget}"
+    if not 0 <= args.generated < 1000:
+        return f"--generated must be between 0 and 999, got {args.generated}"
+    if args.generator and not args.generated:
+        return "--generator narrows --generated's functions: give --generated N too"
     cores = len(os.sched_getaffinity(0))
     if not 1 <= args.threads <= cores:
         return f"--threads must be between 1 and the {cores} core(s) this process may use"
     try:
         patterns = args.problems or (list(QUICK_PROBLEMS) if args.quick else None)
-        select_names(all_problem_names(args.data), patterns)
+        select_names(all_problem_names(args.data, GeneratedSet(args.generated)), patterns)
     except (common.DataNotFoundError, ValueError) as err:
         return str(err)
     return None
@@ -737,7 +761,7 @@ def run(args) -> int:
     settings = run_settings(args)
     names = args.methods or list(table)
     patterns = args.problems or (list(QUICK_PROBLEMS) if args.quick else None)
-    problems = select_names(all_problem_names(args.data), patterns)
+    problems = select_names(all_problem_names(args.data, settings.generated), patterns)
     seeds = args.seeds if args.seeds is not None else [args.seed]
     index, count = args.shard
     jobs = shard(job_list(names, problems, args.noise, seeds), index, count)
@@ -758,8 +782,9 @@ def run(args) -> int:
     results.to_csv(out / RESULTS, index=False)
 
     title = "jaxsr search ablation" if args.ablation else "jaxsr and peers"
+    kind = "ground-truth problems" if settings.generated.count else "SRBench ground-truth problems"
     print(report(results, out, skipped_notes({k: [v] for k, v in skipped.items()}, 1),
-                 f"{title} on SRBench ground-truth problems"))
+                 f"{title} on {kind}"))
     common.write_provenance(out, "peers-ablation" if args.ablation else "peers", args,
                             dataclasses.asdict(settings), wall_seconds=clock.seconds, extra={
                                 "methods": {n: method_record(table[n], settings, skipped)

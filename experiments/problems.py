@@ -7,6 +7,10 @@ folder ``--data`` names, laid out the same way).
   ``feynman/FeynmanEquations.csv`` and ``feynman/BonusEquations.csv``; II.11.17 is left out
   because PMLB has no table for it, which leaves SRBench's 119.
 - **Strogatz** (14 problems): the real ``strogatz/d_<name>.txt`` files (about 400 rows each).
+- **Generated** (none unless asked for, ``GeneratedSet``): functions from jaxsr's own
+  generator, ``generated_000``, ``generated_001``, ..., in ranges that can be narrowed to a
+  model's training ranges. They are not SRBench's: they tell whether a model helps the search
+  on the kind of problem it was trained on, the first place a better model should show.
 
 Then SRBench's protocol (docs/anchors.md section 2.1): a 75/25 train/test split seeded by the
 trial seed (``sklearn.model_selection.train_test_split``), the training set capped at 10,000
@@ -32,6 +36,7 @@ import sympy
 from sklearn.model_selection import train_test_split
 
 from experiments.common import data_file
+from jaxsr.data import Generator, GeneratorConfig
 from jaxsr.datasets import STROGATZ
 from jaxsr.metrics import parse_formula
 
@@ -72,7 +77,7 @@ class GroundTruthProblem:
     """One train/test instance of a ground-truth problem."""
 
     name: str
-    family: str                    # "feynman" or "strogatz"
+    family: str                    # "feynman", "strogatz" or "generated"
     formula: str                   # the true formula in terms of feature_names
     feature_names: tuple[str, ...]
     X_train: np.ndarray
@@ -180,16 +185,22 @@ def select_names(names: list[str], patterns: list[str] | None) -> list[str]:
 
 
 def load_problems(data_dir, *, seed: int = 0, noise: float = 0.0, patterns=None,
-                  n_rows: int = PMLB_ROWS, train_cap: int = TRAIN_CAP) -> list[GroundTruthProblem]:
-    """The selected ground-truth problems (all 133 by default; ``patterns`` as in
-    ``select_names``), split and noised for one (seed, noise), Feynman first."""
+                  n_rows: int = PMLB_ROWS, train_cap: int = TRAIN_CAP,
+                  generated: GeneratedSet | None = None) -> list[GroundTruthProblem]:
+    """The selected ground-truth problems (all 133, then ``generated``'s, by default;
+    ``patterns`` as in ``select_names``), split and noised for one (seed, noise), Feynman
+    first."""
+    generated = generated or GeneratedSet()
     specs = {spec.name: spec for spec in read_feynman_specs(data_dir)}
     problems = []
-    for name in select_names([*specs, *strogatz_names()], patterns):
+    for name in select_names([*specs, *strogatz_names(), *generated.names()], patterns):
         if name in specs:
             spec = specs[name]
             X, y = spec.sample(n_rows, np.random.default_rng(_problem_key(name)))
             family, formula, features = "feynman", spec.formula, spec.variables
+        elif name.startswith(GENERATED_PREFIX):
+            X, y, formula, features = generated.table(name)
+            family = "generated"
         else:
             X, y = read_strogatz(data_dir, name)
             family, formula = "strogatz", STROGATZ[name.removeprefix("strogatz_")]
@@ -201,6 +212,43 @@ def load_problems(data_dir, *, seed: int = 0, noise: float = 0.0, patterns=None,
     return problems
 
 
-def all_problem_names(data_dir) -> list[str]:
-    """PMLB names of all 133 problems: 119 Feynman, then 14 Strogatz."""
-    return [spec.name for spec in read_feynman_specs(data_dir)] + strogatz_names()
+def all_problem_names(data_dir, generated: GeneratedSet | None = None) -> list[str]:
+    """PMLB names of all 133 problems: 119 Feynman, then 14 Strogatz; then ``generated``'s."""
+    return ([spec.name for spec in read_feynman_specs(data_dir)] + strogatz_names()
+            + (generated or GeneratedSet()).names())
+
+
+# ---------------------------------------------------------------------------- generated
+
+GENERATED_PREFIX = "generated_"
+GENERATED_ROWS = 400  # per function: 300 training and 100 test rows after the 75/25 split
+GENERATED_SEED = 0    # the generator's seed: a function's table depends only on its index
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedSet:
+    """The first ``count`` evaluation samples of jaxsr's generator seeded ``GENERATED_SEED``,
+    as problems ``generated_000``, ... . ``generator``: ``GeneratorConfig`` fields as (field,
+    value) pairs narrowing its ranges (e.g. a model's training ranges, which its weights
+    record); empty: the reference's ranges. Inputs come from the generator's own input
+    distribution; the truth is the generated tree."""
+
+    count: int = 0
+    generator: tuple[tuple[str, object], ...] = ()
+
+    def names(self) -> list[str]:
+        return [f"{GENERATED_PREFIX}{i:03d}" for i in range(self.count)]
+
+    def table(self, name: str) -> tuple[np.ndarray, np.ndarray, str, tuple[str, ...]]:
+        """(X, y, the formula in sympy syntax, feature names) of one function."""
+        index = int(name.removeprefix(GENERATED_PREFIX))
+        if not 0 <= index < self.count:
+            raise ValueError(f"{name}: this run generates {self.count} functions")
+        sample = self._generator.sample(index, evaluation=True)
+        features = tuple(f"x_{k}" for k in range(sample.x.shape[1]))
+        return sample.x, sample.y, str(sample.tree.to_sympy(features)), features
+
+    @cached_property
+    def _generator(self) -> Generator:
+        return Generator(GeneratorConfig(**{**dict(self.generator), "seed": GENERATED_SEED,
+                                            "max_points": GENERATED_ROWS}))

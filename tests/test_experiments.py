@@ -105,6 +105,40 @@ def test_problem_selection(data_dir):
         select_names(names, ["feynman_nope"])
 
 
+NARROW = (("max_binary_ops_offset", 3), ("max_input_dimension", 3), ("max_unary_ops", 2))
+
+
+def test_generated_problems_are_the_generator_s_functions(data_dir):
+    generated = problems.GeneratedSet(4, NARROW)
+    names = problems.all_problem_names(data_dir, generated)
+    assert names[133:] == ["generated_000", "generated_001", "generated_002", "generated_003"]
+    assert select_names(names, ["generated_*"]) == names[133:]
+    found = load_problems(data_dir, patterns=["generated_*"], generated=generated, noise=0.01)
+    assert [p.family for p in found] == ["generated"] * 4
+    for p in found:
+        # the generator's 400 rows, split 75/25; at most 3 variables, named x_0, x_1, ...
+        assert len(p.y_train) == 300 and len(p.y_test) == 100
+        assert 1 <= len(p.feature_names) <= 3 and p.X_train.shape[1] == len(p.feature_names)
+        assert p.feature_names == tuple(f"x_{k}" for k in range(len(p.feature_names)))
+        # the formula is the truth: it gives the noise-free test targets
+        np.testing.assert_allclose(evaluate_formula(p.formula, p.feature_names, p.X_test),
+                                   p.y_test, rtol=1e-9, atol=1e-9)
+        assert {str(s) for s in p.truth.free_symbols} <= set(p.feature_names)
+    # a function's table depends on its index alone, not on how many are generated
+    again, = load_problems(data_dir, patterns=["generated_002"],
+                           generated=problems.GeneratedSet(10, NARROW), noise=0.01)
+    np.testing.assert_array_equal(again.X_train, found[2].X_train)
+    np.testing.assert_array_equal(again.y_train, found[2].y_train)
+    # the ranges narrow the set: the reference's ranges give other functions
+    wide, = load_problems(data_dir, patterns=["generated_002"],
+                          generated=problems.GeneratedSet(3))
+    assert wide.formula != found[2].formula
+    # none unless asked for
+    assert len(problems.all_problem_names(data_dir)) == 133
+    with pytest.raises(ValueError, match="match no problem"):
+        load_problems(data_dir, patterns=["generated_000"])
+
+
 def test_the_default_data_are_the_bundled_copies():
     # A fresh clone has nothing beside it: without --data the harness must find every
     # problem inside the package.

@@ -178,6 +178,33 @@ def test_merge_of_shards_equals_a_one_shot_run(tmp_path, data_dir, monkeypatch):
     assert (tmp_path / "merged" / peers.FIGURE).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_generated_problems_run_beside_srbench_s(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(peers, "METHODS", FAKES)
+    out = tmp_path / "generated"
+    assert peers.main(["--model", "tiny", "--quick", "--out", str(out), "--data", str(data_dir),
+                       "--problems", "strogatz_lv1", "generated_*", "--generated", "2",
+                       "--generator", "max_input_dimension=2", "--methods", "linear"]) == 0
+    results = pd.read_csv(out / peers.RESULTS).set_index("problem")
+    assert dict(results["family"]) == {"strogatz_lv1": "strogatz", "generated_000": "generated",
+                                       "generated_001": "generated"}
+    assert (results["n_variables"] <= 2).all() and results["r2_test"].notna().all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert "generated" in set(summary.loc[summary["grouping"] == "family", "group"])
+    settings = json.loads((out / "provenance.json").read_text())["settings"]
+    assert settings["generated"] == {"count": 2, "generator": [["max_input_dimension", 2]]}
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--generated", "-1"], "--generated must be between 0 and 999"),
+    (["--generator", "max_input_dimension=2"], "give --generated N too"),
+    (["--generated", "2", "--problems", "generated_002"], "match no problem"),
+])
+def test_generated_options_are_checked(arguments, message, tmp_path, data_dir, capsys):
+    assert peers.main(["--out", str(tmp_path / "o"), "--data", str(data_dir),
+                       *arguments]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_merge_names_a_missing_shard(tmp_path, capsys):
     assert peers.main(["--out", str(tmp_path / "m"), "--merge", str(tmp_path / "none")]) == 2
     assert "peers_results.csv does not exist" in capsys.readouterr().err
