@@ -614,6 +614,8 @@ def report(results: pd.DataFrame, out: Path, notes: list[str], title: str) -> st
     for grouping, heading in (("all", "All problems"), ("family", "By family"),
                               ("variables", "By number of variables")):
         part = table[table["grouping"] == grouping].drop(columns="grouping")
+        # Noise levels as given (SRBench's 0.001 and 0.01), not rounded like the shares.
+        part = part.assign(noise=part["noise"].map("{:g}".format))
         sections += [f"#### {heading}", common.markdown_table(part, digits=1)]
     text = "\n\n".join(sections) + "\n"
     (out / "summary.md").write_text(text)

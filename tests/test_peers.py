@@ -205,6 +205,16 @@ def test_generated_options_are_checked(arguments, message, tmp_path, data_dir, c
     assert message in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
+def test_the_summary_shows_noise_levels_as_given(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(peers, "METHODS", FAKES)
+    out = tmp_path / "noisy"
+    assert peers.main(["--model", "tiny", "--quick", "--out", str(out), "--data", str(data_dir),
+                       "--problems", "strogatz_lv1", "--noise", "0", "0.001", "0.01"]) == 0
+    rows = [line for line in (out / "summary.md").read_text().splitlines()
+            if line.startswith("| mean |")]
+    assert [row.split(" | ")[1] for row in rows[:3]] == ["0", "0.001", "0.01"]
+
+
 def test_merge_names_a_missing_shard(tmp_path, capsys):
     assert peers.main(["--out", str(tmp_path / "m"), "--merge", str(tmp_path / "none")]) == 2
     assert "peers_results.csv does not exist" in capsys.readouterr().err
