@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from jaxsr import decode
-from jaxsr.decode.loops import candidate_keys, filter_logits, sample_tokens, step_keys
+from jaxsr.decode.loops import (
+    CDF_BLOCK,
+    candidate_keys,
+    filter_logits,
+    inverse_cdf,
+    sample_tokens,
+    step_keys,
+)
 from jaxsr.expr import Vocab
 from jaxsr.model import E2EModel, get_config, init_params
 
@@ -187,6 +194,44 @@ def test_filter_logits_top_k_and_top_p():
     assert kept(filter_logits(logits, None, 0.5)) == [True, False, False, False]
     assert kept(filter_logits(logits, None, 0.75)) == [True, False, True, False]
     assert kept(filter_logits(logits, None, 1.0)) == [True] * 4
+
+
+def test_inverse_cdf_equals_a_search_in_the_full_cumulative_sum():
+    # Vocabularies across the block size, zero weights (filtered words, a zero first word).
+    rng = np.random.default_rng(0)
+    for size in (1, 7, CDF_BLOCK, CDF_BLOCK + 1, 10_292):
+        weights = rng.exponential(size=(64, size)) * (rng.random((64, size)) < 0.7)
+        weights[:, 0], weights[0, :] = 0.0, 0.0
+        weights[:, -1] += 1.0  # no row all zero; row 0's only word is the last
+        u = rng.uniform(1e-6, 1.0, 64)
+        got = np.asarray(inverse_cdf(jnp.asarray(weights, jnp.float32), jnp.asarray(u, jnp.float32)))
+        cdf = np.cumsum(weights, axis=1)
+        expected = np.array([np.searchsorted(c, x * c[-1]) for c, x in zip(cdf, u)])
+        np.testing.assert_array_equal(got, expected)
+        assert np.all(weights[np.arange(64), got] > 0)
+
+
+def test_inverse_cdf_never_draws_a_word_of_zero_weight_at_the_top():
+    # u = 1 puts the target on the total, where rounding decides: a block's running sum can
+    # end an ulp short of its total (measured: some of these rows then drew word 256, past
+    # the vocabulary). The last word of positive weight is drawn instead.
+    rng = np.random.default_rng(1)
+    weights = rng.exponential(size=(4096, 2 * CDF_BLOCK)).astype(np.float32)
+    weights *= rng.random(weights.shape) < 0.8
+    weights[:, 200:] = 0.0
+    weights[:, 199] += 0.01
+    got = np.asarray(inverse_cdf(jnp.asarray(weights), jnp.ones(4096)))
+    assert got.max() == 199 and np.all(weights[np.arange(4096), got] > 0)
+
+
+def test_sampled_frequencies_follow_the_softmax():
+    logits = jnp.log(jnp.array([0.05, 0.0, 0.6, 0.1, 0.25] + [0.0] * 200))
+    keys = jax.random.split(jax.random.key(0), 20_000)
+    tokens = np.asarray(sample_tokens(jnp.broadcast_to(logits, (20_000, 205)), keys, 1.0,
+                                      None, None))
+    frequencies = np.bincount(tokens, minlength=205) / 20_000
+    np.testing.assert_allclose(frequencies[:5], [0.05, 0.0, 0.6, 0.1, 0.25], atol=0.012)
+    assert frequencies[5:].sum() == 0
 
 
 # ----------------------------------------------------------------------------- beam search

@@ -115,12 +115,41 @@ def sample_tokens(logprobs: Array, keys: Array, temperature, top_k, top_p) -> Ar
     ``jax.random.categorical`` draws one per vocabulary word (10,292 per row and step),
     which dominates a CPU step.
     """
-    probs = jax.nn.softmax(filter_logits(logprobs / temperature, top_k, top_p), axis=-1)
-    cdf = jnp.cumsum(probs, axis=-1)
-    tiny = jnp.finfo(jnp.float32).tiny  # u > 0: a zero-probability first word is never drawn
+    logits = filter_logits(logprobs / temperature, top_k, top_p)
+    weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # unnormalised
+    tiny = jnp.finfo(jnp.float32).tiny  # u > 0: a zero-weight first word is never drawn
     u = jax.vmap(lambda k: jax.random.uniform(k, (), minval=tiny))(keys)
-    token = jnp.sum(cdf < (u * cdf[:, -1])[:, None], axis=-1)
-    return jnp.minimum(token, probs.shape[-1] - 1).astype(jnp.int32)
+    return inverse_cdf(weights, u)
+
+
+# Words per block of ``inverse_cdf``'s first level.
+CDF_BLOCK = 128
+
+
+def inverse_cdf(weights: Array, u: Array) -> Array:
+    """Per row of ``weights`` (rows, V) (non-negative, not all zero), the first word whose
+    cumulative weight reaches ``u`` (rows,) x the row's total, i.e. the number of words
+    whose cumulative weight is below it: a draw from the weights for u uniform in (0, 1].
+
+    In two levels, blocks of ``CDF_BLOCK`` words and then the words of the chosen block: a
+    cumulative sum over the whole vocabulary cost 4 ms per step of 64 rows on a CPU core,
+    more than the rest of the sampling and the output projection together (measured).
+    """
+    rows, size = weights.shape
+    n_blocks = -(-size // CDF_BLOCK)
+    blocks = jnp.pad(weights, ((0, 0), (0, n_blocks * CDF_BLOCK - size)))
+    blocks = blocks.reshape(rows, n_blocks, CDF_BLOCK)
+    block_cdf = jnp.cumsum(blocks.sum(axis=-1), axis=-1)
+    target = u * block_cdf[:, -1]
+    block = jnp.minimum(jnp.sum(block_cdf < target[:, None], axis=-1), n_blocks - 1)
+    below = jnp.where(block > 0, jnp.take_along_axis(
+        block_cdf, jnp.maximum(block - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
+    chosen = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]
+    word = jnp.sum(below[:, None] + jnp.cumsum(chosen, axis=-1) < target[:, None], axis=-1)
+    # Rounding can leave the block's own sum short of the target: its last word of positive
+    # weight is then drawn, never one of zero weight (or beyond the vocabulary).
+    last_positive = CDF_BLOCK - 1 - jnp.argmax((chosen > 0)[:, ::-1], axis=-1)
+    return (block * CDF_BLOCK + jnp.minimum(word, last_positive)).astype(jnp.int32)
 
 
 def step_keys(row_keys: Array, position: Array) -> Array:
