@@ -67,7 +67,7 @@ def make_search(size: int, refine: bool) -> tuple[engine._Search, engine._Popula
     data = fitness.Data.stack([(X, y, None)])
     search = engine._Search(settings, data, np.array([3]), np.random.default_rng(0),
                             engine._Clock(settings), None)
-    return search, search.initial([[]], engine.RANDOM_TREE, [(X, y, None)])
+    return search, search.initial([[]], [(X, y, None)])
 
 
 def time_generations(search, population, generations: int, warm_up: int, repeats: int = 1):

@@ -5,7 +5,7 @@ reads a problem well, its samples favour the operators of the true formula even 
 sample is right, and that knowledge would be worth passing to the search (as operator
 weights for its random trees and mutations). This measures it on SRBench's ground-truth
 problems that the model can read (no more variables than it was trained on): the seeds are
-sampled exactly as a fit samples them (``evolution.model_seeds``: the training rows, the
+sampled exactly as a fit samples them (``evolution.ModelSeeder``: the training rows, the
 regressor's bags and seed settings), and for every problem whose true formula holds one of
 the search's transcendental unary operators (sqrt, exp, log, sin, cos), the share of the
 seeds' unary nodes that are among those operators is compared with the share a uniform draw
@@ -82,7 +82,7 @@ def measure(problem, loaded: models.LoadedModel, regressor, seed: int) -> dict |
     training = dataclasses.replace(fit, fit_rows=evolution.Rows.split(fit).train)
     if not evolution.readable([training], loaded):
         return None
-    seeds, _, _ = evolution.model_seeds([training], loaded, settings, pipeline.Clock(None, 0))
+    seeds = evolution.ModelSeeder([training], loaded, settings, pipeline.Clock(None, 0))([0])
     # Each seed appears twice (in the user's units, then as the model wrote it): count the
     # written half, the model's own operators.
     written = seeds[0][len(seeds[0]) // 2:]

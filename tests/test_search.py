@@ -116,7 +116,7 @@ def _small_search():
     search = engine._Search(settings, fitness.Data.stack([(X, X[:, 0] * X[:, 1], None)]),
                             np.array([2]), np.random.default_rng(0), engine._Clock(settings),
                             None)
-    return search, search.initial([[]], engine.RANDOM_TREE, [(X, X[:, 0] * X[:, 1], None)])
+    return search, search.initial([[]], [(X, X[:, 0] * X[:, 1], None)])
 
 
 def test_children_come_with_their_structure():
@@ -514,7 +514,7 @@ def test_best_seeds_only_enter_the_first_population(planted):
     settings = SearchSettings(generations=0, max_seeds=3, **SMALL)
     search = engine._Search(settings, fitness.Data.stack([(X, y, None)]), np.array([2]),
                             np.random.default_rng(0), engine._Clock(settings), None)
-    population = search.initial([[*poor, good]], engine.MODEL_SAMPLE, [(X, y, None)])
+    population = search.initial([[*poor, good]], [(X, y, None)])
     seeded = population.origin == engine.MODEL_SAMPLE
     assert 1 <= seeded.sum() <= 3
     assert population.scores.nmse[seeded].min() < 1e-10  # the exact seed is among them
@@ -543,6 +543,62 @@ def test_model_is_asked_where_the_search_stalls(share, rounds):
     # stalled from the start: asked at generations 2 and 4, unless proposals get no time
     assert calls == [[0]] * rounds
     assert result.generations == 6
+
+
+def _seeder_log(found):
+    """A seeder returning ``found(q)`` for each problem q, and the log of its calls."""
+    calls = []
+
+    def seeder(problems):
+        calls.append(list(problems))
+        return [found(q) for q in problems]
+
+    return seeder, calls
+
+
+def test_a_seeder_is_asked_once_per_unsolved_problem_after_proposal_every_generations():
+    X = np.random.default_rng(0).uniform(0.5, 2.0, size=(100, 2))
+    y = np.sin(2.3 * X[:, 0] * X[:, 1]) / (1.0 + X[:, 0] ** 2)
+    exact = Expr.from_sympy("sin(2.3*x*y) / (1 + x**2)", ["x", "y"])
+    seeder, calls = _seeder_log(lambda q: [exact] if q == 0 else [])
+    # Problem 0 cannot be solved by its first generations (a tiny population); problem 1's
+    # linear baseline solves it at once.
+    result = evolve([(X, y), _exact_linear_problem()], seeder=seeder,
+                    settings=SearchSettings(generations=8, proposal_every=3,
+                                            **{**SMALL, "population_size": 8}))
+    assert calls == [[0]]
+    best = max(result.fronts[0], key=lambda c: c.r2)
+    assert best.r2 > 1 - 1e-10 and best.origin == "model sample"
+
+
+def test_a_seeder_is_not_asked_where_the_search_solves_first():
+    seeder, calls = _seeder_log(lambda q: [])
+    result = evolve([_exact_linear_problem()], seeder=seeder,
+                    settings=SearchSettings(generations=10, proposal_every=2, **SMALL))
+    assert calls == [] and result.stopped == "target_r2"
+    with pytest.raises(ValueError, match="proposal_every"):
+        evolve([_exact_linear_problem()], seeder=seeder,
+               settings=SearchSettings(generations=1, proposal_every=0, **SMALL))
+
+
+def test_seeds_come_before_proposals_and_whatever_their_share():
+    seeder, seeded = _seeder_log(lambda q: [Expr.from_sympy("x + 1", ["x"])])
+    proposed = []
+
+    def proposer(requests, seed):
+        proposed.append(sorted({q for q, _ in requests}))
+        return [[] for _ in requests]
+
+    evolve([_exact_linear_problem()], seeder=seeder, proposer=proposer,
+           settings=SearchSettings(generations=7, proposal_every=2, target_r2=2.0,
+                                   proposal_share=0.0, **SMALL))
+    assert seeded == [[0]] and proposed == []  # no share left for proposals
+    proposed.clear()
+    evolve([_exact_linear_problem()], seeder=seeder, proposer=proposer,
+           settings=SearchSettings(generations=7, proposal_every=2, target_r2=2.0,
+                                   proposal_share=1.0, **SMALL))
+    # seeds at generation 2, proposals at the stalls after them (4 and 6)
+    assert proposed == [[0], [0]]
 
 
 def test_stalls_are_tracked_per_problem():

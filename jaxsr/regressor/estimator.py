@@ -55,8 +55,10 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
       search: "evolve" (seeded evolutionary search) or "sample" (the paper's protocol).
       population_size: formulas per problem in the search.
       generations: search generations at most; None: until max_time (40 without one).
-      seeds: "model" (the search starts from the model's samples) or "random" (random
-        trees only, no model: for ablations).
+      seeds: "model" (the model's samples join the search where it first stalls: a problem
+        that random trees solve in their first generations never waits for decoding),
+        "model-at-start" (the search starts from them, after decoding) or "random"
+        (random trees only, no model: for ablations).
       model_proposals: the model proposes formulas during the search.
       random_state: int, RandomState or None; fixes bags, subsamples and sampling.
       verbose: 0 silent; 1 a progress bar and a summary with per-stage timings.
@@ -174,7 +176,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         if not isinstance(self.refine, (bool, np.bool_)):
             raise TypeError(f"refine must be True or False, got {self.refine!r}")
         _check_choice("search", self.search, SEARCHES)
-        _check_choice("seeds", self.seeds, ("model", "random"))
+        _check_choice("seeds", self.seeds, evolution.SEEDS)
         check_int("population_size", self.population_size, 2)
         if self.generations is not None:
             check_int("generations", self.generations, 0)

@@ -34,6 +34,11 @@ SEARCH_ROWS = 256             # training rows the search scores candidates on, a
 RELATIVE_TOLERANCE = 0.05
 ABSOLUTE_TOLERANCE = 1e-10
 SEEDING_SHARE = 0.1           # of max_time, for sampling the seeds
+# When the model's seeds join the search (``seeds``): when a problem first stalls (the
+# default: a problem random trees solve in their first generations never waits for the
+# seeds' decoding), or before the search starts.
+SEEDS_AT_STALL, SEEDS_AT_START = "model", "model-at-start"
+SEEDS = (SEEDS_AT_STALL, SEEDS_AT_START, "random")
 SEED_SAMPLES = 32             # samples per bag at most (n_candidates is the sampler's 100)
 CHOOSING_SHARE = 0.1          # of the time left after seeding, for polishing the finalists
 SEED_TOKENS = 96              # longest seed, in tokens (about the search's 32 nodes)
@@ -83,7 +88,7 @@ class Rows:
 class ModelProposer:
     """Asks the model for formulas fitting given targets on a problem's search rows (the
     search's ``Proposer``): one bag per request, ``PROPOSALS_PER_TARGET`` samples each,
-    returned in the user's units and as written (see ``model_seeds``)."""
+    returned in the user's units and as written (see ``ModelSeeder``)."""
 
     def __init__(self, loaded: LoadedModel, problems: list[FitProblem], rows: list[Rows],
                  settings: pipeline.PipelineSettings, asked: list[int], requests_per_problem: int):
@@ -143,70 +148,98 @@ def run(problems: list[FitProblem], loaded: LoadedModel, settings: pipeline.Pipe
     """Seeds, evolves and chooses for all ``problems`` at once."""
     rows = [Rows.split(p) for p in problems]
     training = [dataclasses.replace(p, fit_rows=r.train) for p, r in zip(problems, rows)]
-    seeds, counts, dropped = model_seeds(training, loaded, settings, clock)
+    seeder = ModelSeeder(training, loaded, settings, clock)
+    seeds, deferred = None, None
+    if settings.seeds == SEEDS_AT_START:
+        seeds = seeder.at_start()
+    elif settings.seeds == SEEDS_AT_STALL and seeder.asked:
+        deferred = seeder
     with clock.stage("search"):
         search_settings = _search_settings(settings, clock, loaded.max_features)
         proposer, asked = None, readable(problems, loaded)
-        if settings.model_proposals and settings.seeds == "model" and asked \
+        if settings.model_proposals and settings.seeds != "random" and asked \
                 and not loaded.untrained:
             proposer = ModelProposer(loaded, problems, rows, settings, asked,
                                      search_settings.max_requests)
         result = evolve(
             [(p.user_units(r.search), p.y[r.search], p.weight[r.search])
              for p, r in zip(problems, rows)],
-            seeds=seeds,
-            settings=search_settings, proposer=proposer, seed_origin=MODEL_SAMPLE)
+            seeds=seeds, settings=search_settings, proposer=proposer,
+            seed_origin=MODEL_SAMPLE, seeder=deferred)
     if result.stopped in ("max_time", "interrupted"):
         clock.stopped_early = True
     with clock.stage("select"):
         outcomes = []
         for i, p in enumerate(problems):
-            counts[i].update(generations=result.generations, evaluations=result.evaluations,
-                             stopped=result.stopped)
+            counts = seeder.counts[i]
+            counts.update(generations=result.generations, evaluations=result.evaluations,
+                          stopped=result.stopped)
             finalists = [(c.expr, c.origin) for c in result.fronts[i]]
             finalists.append((linear_fit(p, rows[i].train), SOURCE_BASELINE))
-            outcomes.append(choose(p, rows[i], finalists, counts[i], dropped[i], clock))
+            outcomes.append(choose(p, rows[i], finalists, counts, seeder.dropped[i], clock))
     return outcomes
 
 
-def model_seeds(training, loaded, settings, clock):
-    """Per problem, the model's unique samples (one per skeleton) twice: in the user's units,
-    and as the model wrote them (formulas of the standardised features, read as formulas of
-    the raw ones: the unscaled forms are often too long for the search, while these keep the
-    model's skeleton for refinement to fit). Empty with seeds="random" and for problems
-    the model cannot read (``readable``).
+class ModelSeeder:
+    """The model's samples as seeds of the search: per problem, its unique samples (one per
+    skeleton) twice, in the user's units and as the model wrote them (formulas of the
+    standardised features, read as formulas of the raw ones: the unscaled forms are often
+    too long for the search, while these keep the model's skeleton for refinement to fit).
+    None for problems the model cannot read (``readable``) or with seeds="random".
 
-    The samples are neither scored nor refined here: the search scores its whole initial
-    population in one call and refines the best of it with its own compiled solver.
+    Asked before the search (``at_start``, seeds="model-at-start") or by the search when a
+    problem first stalls (``__call__``, the search's ``Seeder``, seeds="model"); either
+    way decoding takes at most ``SEEDING_SHARE`` of max_time per call. The samples are
+    neither scored nor refined here: the search scores them in one call and refines the
+    best with its own compiled solver. ``counts`` and ``dropped`` record, per problem,
+    what was sampled and why sequences were dropped.
     """
-    seeds = [[] for _ in training]
-    counts = [pipeline.new_counts() for _ in training]
-    dropped = [Counter() for _ in training]
-    asked = readable(training, loaded) if settings.seeds == "model" else []
-    if not asked:
-        return seeds, counts, dropped
-    problems = [training[i] for i in asked]
-    # Longer samples do not fit the search, and decoding time is search time lost: with the
-    # sampler's 100 samples per bag and 35% of the budget, a 5 s fit solved fewer problems
-    # than the search seeded by random trees alone (the model card's ablation).
-    short = dataclasses.replace(settings, max_len=min(settings.max_len, SEED_TOKENS),
-                                n_candidates=min(settings.n_candidates, SEED_SAMPLES))
-    with clock.until(None if settings.max_time is None
-                     else SEEDING_SHARE * settings.max_time):
-        bags, tokens, lengths = pipeline.tokenise_and_decode(problems, loaded, short, clock)
-    if not len(bags.problem):
-        return seeds, counts, dropped
-    with clock.stage("parse"):
-        pool, parsed, asked_dropped = pipeline.parse(tokens, lengths, bags, problems)
-    asked_counts = pipeline.sampled_counts(bags, len(tokens), parsed, len(problems))
-    for k, (i, p) in enumerate(zip(asked, problems)):
-        unique = {}
-        for j in np.flatnonzero(pool.problem == k):
-            unique.setdefault(pool.exprs[j].skeleton(), pool.exprs[j])
-        written = list(unique.values())
-        seeds[i] = [pipeline.unscale(e, p) for e in written] + written
-        counts[i], dropped[i] = {**asked_counts[k], "unique": len(unique)}, asked_dropped[k]
-    return seeds, counts, dropped
+
+    def __init__(self, training: list[FitProblem], loaded: LoadedModel,
+                 settings: pipeline.PipelineSettings, clock: pipeline.Clock):
+        self.training, self.loaded, self.clock = training, loaded, clock
+        self.asked = set(readable(training, loaded)) if settings.seeds != "random" else set()
+        # Longer samples do not fit the search, and decoding time is search time lost: with
+        # the sampler's 100 samples per bag and 35% of the budget, a 5 s fit solved fewer
+        # problems than the search seeded by random trees alone (the model card's ablation).
+        self.settings = dataclasses.replace(settings, max_len=min(settings.max_len, SEED_TOKENS),
+                                            n_candidates=min(settings.n_candidates, SEED_SAMPLES))
+        self.cap = None if settings.max_time is None else SEEDING_SHARE * settings.max_time
+        self.counts = [pipeline.new_counts() for _ in training]
+        self.dropped = [Counter() for _ in training]
+
+    def at_start(self) -> list[list[Expr]]:
+        """Every problem's seeds, decoded on the fit's clock (its stages timed)."""
+        with self.clock.until(self.cap):
+            return self._seeds(range(len(self.training)), self.clock)
+
+    def __call__(self, problems: list[int]) -> list[list[Expr]]:
+        """The seeds of ``problems``, decoded during the search (timed as search), within
+        ``SEEDING_SHARE`` of max_time from now."""
+        return self._seeds(problems, pipeline.Clock(self.cap, 0))
+
+    def _seeds(self, problems, clock: pipeline.Clock) -> list[list[Expr]]:
+        seeds = {i: [] for i in problems}
+        asked = [i for i in problems if i in self.asked]
+        if not asked:
+            return list(seeds.values())
+        readable_problems = [self.training[i] for i in asked]
+        bags, tokens, lengths = pipeline.tokenise_and_decode(readable_problems, self.loaded,
+                                                             self.settings, clock)
+        if not len(bags.problem):
+            return list(seeds.values())
+        with clock.stage("parse"):
+            pool, parsed, dropped = pipeline.parse(tokens, lengths, bags, readable_problems)
+        counts = pipeline.sampled_counts(bags, len(tokens), parsed, len(asked))
+        for k, (i, p) in enumerate(zip(asked, readable_problems)):
+            unique = {}
+            for j in np.flatnonzero(pool.problem == k):
+                unique.setdefault(pool.exprs[j].skeleton(), pool.exprs[j])
+            written = list(unique.values())
+            seeds[i] = [pipeline.unscale(e, p) for e in written] + written
+            self.counts[i] = {**counts[k], "unique": len(unique)}
+            self.dropped[i] = dropped[k]
+        return list(seeds.values())
 
 
 def readable(problems: list[FitProblem], loaded: LoadedModel) -> list[int]:

@@ -18,7 +18,10 @@ One generation, for all problems at once:
 5. every ``refine_every`` generations the best ``refine_top`` formulas of each problem not
    yet refined go through the batched L-BFGS (``jaxsr.refine``) in array form, constants
    written back;
-6. with a ``proposer``, for each problem whose best error has not improved for
+6. with a ``seeder``, each problem not solved after ``proposal_every`` generations gets the
+   model's seeds then (once), as the first population gets ``seeds``: a problem that
+   random trees solve at once never waits for the model's decoding;
+7. with a ``proposer``, for each problem whose best error has not improved for
    ``proposal_every`` generations, the model is asked for fresh formulas for y, and for the
    residual ``y - f`` and ratio ``y / f`` of the best formulas f; ``f + g`` and ``f * g``
    are refined and join the population. Decoding costs as much as several generations on a
@@ -74,6 +77,10 @@ FRAGMENT_NODES = (3, 12)
 # Changes below NMSE_RESOLUTION (the default target's 1 - R2) are rounding, not progress.
 STALL_IMPROVEMENT = 0.01
 NMSE_RESOLUTION = 1e-12
+
+# A seeder gives a problem's seeds when the search first asks for them: ``seeder([q, ...])``
+# returns one list of trees per problem q, in its variables (see ``evolve``'s ``seeder``).
+Seeder = Callable[[list[int]], list[list[Expr]]]
 
 # A proposer turns targets into formulas: ``proposer([(q, target), ...], seed)`` returns one
 # list of trees per request, each in problem q's variables (the columns of its X), fitted
@@ -280,7 +287,7 @@ class _Clock:
 
 def evolve(problems: Sequence[tuple], seeds: Sequence[Sequence[Expr]] | None = None,
            settings: SearchSettings | None = None, proposer: Proposer | None = None,
-           seed_origin: int = MODEL_SAMPLE) -> SearchResult:
+           seed_origin: int = MODEL_SAMPLE, seeder: Seeder | None = None) -> SearchResult:
     """Evolves formulas for every problem at once.
 
     Args:
@@ -291,7 +298,11 @@ def evolve(problems: Sequence[tuple], seeds: Sequence[Sequence[Expr]] | None = N
         always compete.
       settings: ``SearchSettings``.
       proposer: asks the model for formulas during the search (see ``Proposer``).
-      seed_origin: the origin recorded for ``seeds`` (an index into ``ORIGINS``).
+      seed_origin: the origin recorded for seeds (an index into ``ORIGINS``).
+      seeder: gives each problem's seeds after ``proposal_every`` generations, where the
+        target is not reached by then, rather than before the start: a problem that random
+        trees solve in their first generations never waits for the seeds' decoding. Needs
+        ``proposal_every`` > 0.
 
     Returns:
       A ``SearchResult``; stopped by Ctrl-C, it holds the fronts found so far.
@@ -304,12 +315,14 @@ def evolve(problems: Sequence[tuple], seeds: Sequence[Sequence[Expr]] | None = N
     seeds = seeds if seeds is not None else [[] for _ in problems]
     if len(seeds) != len(problems):
         raise ValueError(f"got seeds for {len(seeds)} problems, expected {len(problems)}")
+    if seeder is not None and not settings.proposal_every:
+        raise ValueError("a seeder is asked when a search stalls: set proposal_every > 0")
     rng = np.random.default_rng(settings.seed)
     clock = _Clock(settings)
     # From the start: the compiled calls are compiled inside (see ``cores``).
     with cores.separate_cores() if settings.separate_cores else contextlib.nullcontext():
-        search = _Search(settings, data, n_variables, rng, clock, proposer)
-        population = search.initial(seeds, seed_origin, problems)
+        search = _Search(settings, data, n_variables, rng, clock, proposer, seeder, seed_origin)
+        population = search.initial(seeds, problems)
         archive = search.update_archive(None, population)
         population, archive, history, stopped = _generations(search, population, archive,
                                                              _progress(settings))
@@ -393,11 +406,13 @@ def _show(bar, entry: dict) -> None:
 class _Search:
     """The steps of ``evolve``; holds what every generation shares."""
 
-    def __init__(self, settings, data, n_variables, rng, clock, proposer):
+    def __init__(self, settings, data, n_variables, rng, clock, proposer, seeder=None,
+                 seed_origin=MODEL_SAMPLE):
         self.settings, self.data, self.rng, self.clock = settings, data, rng, clock
         self.n_variables = n_variables
         self.alphabet = variation.Alphabet.of(settings.operators)
-        self.proposer = proposer
+        self.proposer, self.seeder, self.seed_origin = proposer, seeder, seed_origin
+        self.awaiting_seeds = np.full(data.n_problems, seeder is not None)
         self.stalls = _Stalls(data.n_problems)
         # Children being scored: (genomes, structure, problem, pending scores).
         self.in_flight = None
@@ -474,7 +489,7 @@ class _Search:
 
     # ------------------------------------------------------------------ start
 
-    def initial(self, seeds, seed_origin, problems) -> _Population:
+    def initial(self, seeds, problems) -> _Population:
         """Each problem's best ``max_seeds`` seeds, its baselines and ``population_size``
         random trees, scored; the survivors, their best refined."""
         parts = []
@@ -484,14 +499,14 @@ class _Search:
             base, _ = Genomes.from_exprs(_baselines(*problems[q], d), L)
             rand = self._random_genomes(M, d, small=False)
             genomes = Genomes.concatenate([own, base, rand])
-            origin = np.r_[np.full(own.size, seed_origin), np.full(base.size, BASELINE),
+            origin = np.r_[np.full(own.size, self.seed_origin), np.full(base.size, BASELINE),
                            np.full(rand.size, RANDOM_TREE)].astype(np.int8)
             parts.append((genomes, np.full(genomes.size, q), origin))
             self._add_fragments(q, own)
         genomes = Genomes.concatenate([p[0] for p in parts])
         population = self._population(genomes, np.concatenate([p[1] for p in parts]),
                                       np.concatenate([p[2] for p in parts]))
-        population = population.take(self._without_extra_seeds(population, seed_origin))
+        population = population.take(self._without_extra_seeds(population))
         population = self.survive(population)
         return self.refine(population, INITIAL_REFINE_ITERATIONS)
 
@@ -506,9 +521,9 @@ class _Search:
         for field in ("kind", "arg", "value", "length"):
             getattr(self.pool, field)[rows] = getattr(fragments, field)
 
-    def _without_extra_seeds(self, population: _Population, seed_origin: int) -> np.ndarray:
+    def _without_extra_seeds(self, population: _Population) -> np.ndarray:
         """Rows to keep: all but the seeds beyond each problem's ``max_seeds`` best."""
-        seeded = population.origin == seed_origin
+        seeded = population.origin == self.seed_origin
         kept = _best_per_problem(population, seeded, self.settings.max_seeds)
         return np.sort(np.r_[np.flatnonzero(~seeded), kept])
 
@@ -534,8 +549,9 @@ class _Search:
         # up, so that max_time is overrun by at most one scoring call.
         if s.refine_top and generation % s.refine_every == 0 and not self.clock.out_of_time():
             population = self.refine(population)
-        if self.proposer is not None and s.proposal_every and not self.clock.out_of_time():
-            population = self.propose_where_stuck(population, generation)
+        asks_model = self.proposer is not None or self.seeder is not None
+        if asks_model and s.proposal_every and not self.clock.out_of_time():
+            population = self.ask_model_where_stuck(population, generation)
         return population
 
     def merge_in_flight(self, population: _Population) -> _Population:
@@ -680,19 +696,50 @@ class _Search:
 
     # ------------------------------------------------------------------ model proposals
 
-    def propose_where_stuck(self, population: _Population, generation: int) -> _Population:
-        """Proposals for the problems whose search has stalled, while they have taken at
-        most ``proposal_share`` of the time."""
+    def ask_model_where_stuck(self, population: _Population, generation: int) -> _Population:
+        """Seeds for the problems that still await them (``seeder``) and are unsolved after
+        ``proposal_every`` generations; proposals for the others whose search has stalled,
+        while proposals have taken at most ``proposal_share`` of the time. Seeds come once
+        per problem, whatever the share."""
         s = self.settings
         self.stalls.update(population, generation)
-        stuck = self.stalls.stuck(generation, s.proposal_every)
-        if not len(stuck) or self.clock.proposing >= s.proposal_share * self.clock.elapsed():
+        unsolved = self.stalls.best > 1.0 - s.target_r2
+        to_seed = np.flatnonzero(self.awaiting_seeds & unsolved) if generation >= s.proposal_every \
+            else np.zeros(0, int)
+        to_propose = self.stalls.stuck(generation, s.proposal_every)
+        to_propose = to_propose[~self.awaiting_seeds[to_propose]]
+        if self.proposer is None or self.clock.proposing >= s.proposal_share * self.clock.elapsed():
+            to_propose = to_propose[:0]
+        if not len(to_seed) and not len(to_propose):
             return population
         started = time.perf_counter()
-        population = self.survive(self.propose(population, stuck))
+        if len(to_seed):
+            population = self.add_seeds(population, to_seed)
+        if len(to_propose):
+            population = self.propose(population, to_propose)
+        population = self.survive(population)
         self.clock.proposing += time.perf_counter() - started
-        self.stalls.asked[stuck] = generation
+        self.stalls.asked[np.r_[to_seed, to_propose]] = generation
         return population
+
+    def add_seeds(self, population: _Population, problems: np.ndarray) -> _Population:
+        """The seeder's formulas for ``problems`` join the population as the first
+        population's seeds do: each problem's ``max_seeds`` best kept, their subtrees in
+        its donor pool, the best refined."""
+        self.awaiting_seeds[problems] = False
+        with cores.shared_cores():  # decoding uses every core it can
+            found = self.seeder([int(q) for q in problems])
+        parts = [(Genomes.from_exprs(list(exprs), self.settings.max_length)[0], q)
+                 for q, exprs in zip(problems, found)]
+        for genomes, q in parts:
+            self._add_fragments(q, genomes)
+        genomes = Genomes.concatenate([g for g, _ in parts])
+        if not genomes.size:
+            return population
+        owner = np.concatenate([np.full(g.size, q) for g, q in parts])
+        fresh = self._population(genomes, owner,
+                                 np.full(genomes.size, self.seed_origin, np.int8))
+        return self._join(population, fresh.take(self._without_extra_seeds(fresh)))
 
     def propose(self, population: _Population, problems: Sequence[int]) -> _Population:
         """Asks the proposer for g on y, on y - f and on y / f of the best f of each of
@@ -731,10 +778,14 @@ class _Search:
         if not genomes.size:
             return population
         problem = np.asarray(owner)[kept]
-        fresh = self._population(genomes, problem, np.full(genomes.size, MODEL_PROPOSAL, np.int8))
-        # The best refine_top of each problem's proposals are refined, as the seeds are: a
-        # batch of the usual size reuses the compiled solver.
-        fresh = self.refine(fresh.take(np.argsort(problem, kind="stable")),
+        return self._join(population, self._population(
+            genomes, problem, np.full(genomes.size, MODEL_PROPOSAL, np.int8)))
+
+    def _join(self, population: _Population, fresh: _Population) -> _Population:
+        """``population`` with the scored rows ``fresh`` (the model's formulas), the best
+        ``refine_top`` of each problem's refined first, as the first population's are (a
+        batch of the usual size reuses the compiled solver)."""
+        fresh = self.refine(fresh.take(np.argsort(fresh.problem, kind="stable")),
                             INITIAL_REFINE_ITERATIONS)
         merged = _Population.concatenate([population, fresh])
         return merged.take(np.argsort(merged.problem, kind="stable"))
