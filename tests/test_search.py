@@ -529,7 +529,7 @@ def _exact_linear_problem():
     return X, 2.0 * X[:, 0] + 1.0  # the linear baseline fits it: the search cannot improve
 
 
-@pytest.mark.parametrize("share, rounds", [(1.0, 2), (0.0, 0)])
+@pytest.mark.parametrize("share, rounds", [(1.0, 3), (0.0, 0)])
 def test_model_is_asked_where_the_search_stalls(share, rounds):
     calls = []
 
@@ -538,11 +538,12 @@ def test_model_is_asked_where_the_search_stalls(share, rounds):
         return [[Expr.from_sympy("x", ["x"])] for _ in requests]
 
     result = evolve([_exact_linear_problem()], proposer=proposer,
-                    settings=SearchSettings(generations=6, proposal_every=2, target_r2=2.0,
+                    settings=SearchSettings(generations=20, proposal_every=2, target_r2=2.0,
                                             proposal_share=share, **SMALL))
-    # stalled from the start: asked at generations 2 and 4, unless proposals get no time
+    # Stalled from the start, and no proposal helps: asked at generations 2, 6 and 14 (the
+    # patience doubles after each round), unless proposals get no time.
     assert calls == [[0]] * rounds
-    assert result.generations == 6
+    assert result.generations == 20
 
 
 def _seeder_log(found):
@@ -597,21 +598,36 @@ def test_seeds_come_before_proposals_and_whatever_their_share():
     evolve([_exact_linear_problem()], seeder=seeder, proposer=proposer,
            settings=SearchSettings(generations=7, proposal_every=2, target_r2=2.0,
                                    proposal_share=1.0, **SMALL))
-    # seeds at generation 2, proposals at the stalls after them (4 and 6)
-    assert proposed == [[0], [0]]
+    # seeds at generation 2, proposals at the stall after them (4; then the patience doubles)
+    assert proposed == [[0]]
 
 
 def test_stalls_are_tracked_per_problem():
-    stalls = engine._Stalls(2)
+    stalls = engine._Stalls(2, 3)
     population = lambda nmse: SimpleNamespace(problem=np.array([0, 1]),
                                               scores=SimpleNamespace(nmse=np.array(nmse)))
     stalls.update(population([0.5, 0.5]), 0)
     stalls.update(population([0.2, 0.499]), 3)  # problem 0 improves, 1 by less than 1%
-    assert stalls.stuck(3, 3).tolist() == [1]
-    assert stalls.stuck(5, 3).tolist() == [1]
-    assert stalls.stuck(6, 3).tolist() == [0, 1]
+    assert stalls.stuck(3).tolist() == [1]
+    assert stalls.stuck(5).tolist() == [1]
+    assert stalls.stuck(6).tolist() == [0, 1]
     stalls.asked[1] = 6
-    assert stalls.stuck(7, 3).tolist() == [0]
+    assert stalls.stuck(7).tolist() == [0]
+
+
+def test_patience_doubles_after_a_round_that_does_not_help_and_resets_after_one_that_does():
+    stalls = engine._Stalls(2, 3)
+    population = lambda nmse: SimpleNamespace(problem=np.array([0, 1]),
+                                              scores=SimpleNamespace(nmse=np.array(nmse)))
+    stalls.update(population([0.5, 0.5]), 0)
+    stalls.asked[:] = 3
+    stalls.answered(np.array([0, 1]), population([0.5, 0.1]))  # only problem 1 helped
+    assert stalls.patience.tolist() == [6, 3]
+    stalls.answered(np.array([0]), population([0.5, 0.1]))
+    assert stalls.patience.tolist() == [12, 3]
+    assert stalls.stuck(14).tolist() == [1] and stalls.stuck(15).tolist() == [0, 1]
+    stalls.answered(np.array([0]), population([0.3, 0.1]))
+    assert stalls.patience.tolist() == [3, 3]
 
 
 def test_settings_are_checked():
