@@ -17,9 +17,9 @@ budget per problem and the same number of threads. Methods (one adapter each, in
 
 A peer that is not installed (``pip install jaxsr-e2e[peers]``) is skipped with a one-line note,
 printed and written into ``summary.md`` and ``provenance.json``. ``--ablation`` runs the jaxsr
-evolutionary search's switches instead (``ABLATION``): ``evolve`` (the regressor's defaults:
-model seeds where a problem is unsolved after its first generations, and model proposals),
-``evolve-seeds-at-start`` (``seeds="model-at-start"``: the seeds decoded before the search),
+evolutionary search's switches instead (``ABLATION``): ``evolve`` (model seeds and model
+proposals, the regressor's defaults), ``evolve-seeds-deferred`` (``seeds="model-deferred"``:
+seeds only for problems unsolved after the first generations),
 ``evolve-random-seeds`` (``seeds="random"``: no model at all), ``evolve-no-proposals``
 (``model_proposals=False``); a variant whose keyword the regressor lacks is skipped likewise.
 
@@ -355,8 +355,8 @@ METHODS = method_table(
 ABLATION = method_table(
     JaxsrMethod("evolve", {"search": "evolve", "seeds": "model", "model_proposals": True},
                 required=("search",)),
-    JaxsrMethod("evolve-seeds-at-start",
-                {"search": "evolve", "seeds": "model-at-start", "model_proposals": True},
+    JaxsrMethod("evolve-seeds-deferred",
+                {"search": "evolve", "seeds": "model-deferred", "model_proposals": True},
                 required=("search", "seeds")),
     JaxsrMethod("evolve-random-seeds",
                 {"search": "evolve", "seeds": "random", "model_proposals": True},

@@ -262,7 +262,7 @@ def test_jaxsr_methods_need_the_regressor_keywords_they_set(monkeypatch):
         "model": "default", "max_time": 3.0, "search": "evolve"}
     assert peers.ABLATION["evolve"].unavailable() is None
     assert peers.ABLATION["evolve-random-seeds"].settings(run)["seeds"] == "random"
-    assert peers.ABLATION["evolve-seeds-at-start"].settings(run)["seeds"] == "model-at-start"
+    assert peers.ABLATION["evolve-seeds-deferred"].settings(run)["seeds"] == "model-deferred"
     assert "model_proposals" in peers.ABLATION["evolve-no-proposals"].unavailable()
 
 

@@ -472,7 +472,7 @@ def test_evolve_asks_the_model_only_about_problems_it_was_trained_to_read(toy_mo
     rng = np.random.default_rng(0)
     X = rng.uniform(0.5, 2.0, (100, 2))
     y = np.sin(X[:, 0]) + X[:, 1]
-    params = {**EVOLVE, "generations": 1, "seeds": "model-at-start"}
+    params = {**EVOLVE, "generations": 1}
     est = SymbolicTransformerRegressor(str(one_variable), **params).fit(X, y)
     assert est.fit_info_["bags"] == 0 and est.timings_.get("decode", 0.0) == 0.0
     assert "model sample" not in set(est.equations_["source"])
@@ -480,17 +480,18 @@ def test_evolve_asks_the_model_only_about_problems_it_was_trained_to_read(toy_mo
     assert SymbolicTransformerRegressor(toy_model, **params).fit(X, y).fit_info_["bags"] > 0
 
 
-def test_the_model_seeds_a_search_only_where_it_has_not_solved_its_first_generations(toy_model):
+def test_deferred_seeds_are_sampled_only_where_the_first_generations_do_not_solve(toy_model):
     rng = np.random.default_rng(0)
     X = rng.uniform(0.5, 2.0, (100, 2))
+    deferred = {**EVOLVE, "seeds": "model-deferred"}
     # A linear law: the baseline solves it in the first population, the model is not asked.
-    linear = SymbolicTransformerRegressor(toy_model, **EVOLVE).fit(X, 2 * X[:, 0] - X[:, 1])
+    linear = SymbolicTransformerRegressor(toy_model, **deferred).fit(X, 2 * X[:, 0] - X[:, 1])
     assert linear.fit_info_["bags"] == 0 and linear.fit_info_["stopped"] == "target_r2"
     # Noise keeps the target out of reach: after proposal_every (5) generations it is asked.
     y = np.sin(3 * X[:, 0]) * X[:, 1] + rng.normal(0, 0.1, 100)
-    asked = SymbolicTransformerRegressor(toy_model, **EVOLVE).fit(X, y)
+    asked = SymbolicTransformerRegressor(toy_model, **deferred).fit(X, y)
     assert asked.fit_info_["bags"] > 0 and asked.timings_.get("decode", 0.0) == 0.0
-    upfront = SymbolicTransformerRegressor(toy_model, **EVOLVE, seeds="model-at-start").fit(X, y)
+    upfront = SymbolicTransformerRegressor(toy_model, **EVOLVE).fit(X, y)  # seeds="model"
     assert upfront.fit_info_["bags"] > 0 and upfront.timings_["decode"] > 0
     with pytest.raises(ValueError, match="seeds"):
         SymbolicTransformerRegressor(toy_model, **EVOLVE, seeds="later").fit(X, y)

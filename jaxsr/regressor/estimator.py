@@ -55,10 +55,10 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
       search: "evolve" (seeded evolutionary search) or "sample" (the paper's protocol).
       population_size: formulas per problem in the search.
       generations: search generations at most; None: until max_time (40 without one).
-      seeds: "model" (the model's samples join the search where it first stalls: a problem
-        that random trees solve in their first generations never waits for decoding),
-        "model-at-start" (the search starts from them, after decoding) or "random"
-        (random trees only, no model: for ablations).
+      seeds: "model" (the search starts from the model's samples), "model-deferred" (they
+        join each problem still unsolved after the search's first 5 generations, so that
+        what random trees solve at once never waits for decoding) or "random" (random
+        trees only, no model: for ablations).
       model_proposals: the model proposes formulas during the search.
       random_state: int, RandomState or None; fixes bags, subsamples and sampling.
       verbose: 0 silent; 1 a progress bar and a summary with per-stage timings.

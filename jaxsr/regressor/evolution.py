@@ -34,11 +34,12 @@ SEARCH_ROWS = 256             # training rows the search scores candidates on, a
 RELATIVE_TOLERANCE = 0.05
 ABSOLUTE_TOLERANCE = 1e-10
 SEEDING_SHARE = 0.1           # of max_time, for sampling the seeds
-# When the model's seeds join the search (``seeds``): when a problem first stalls (the
-# default: a problem random trees solve in their first generations never waits for the
-# seeds' decoding), or before the search starts.
-SEEDS_AT_STALL, SEEDS_AT_START = "model", "model-at-start"
-SEEDS = (SEEDS_AT_STALL, SEEDS_AT_START, "random")
+# When the model's seeds join the search (``seeds``): before it starts (the default), or
+# for each problem still unsolved after its first generations (then a problem that random
+# trees solve at once never waits for decoding; with the default model, measured no
+# better than at the start: the model card's ablation).
+SEEDS_AT_START, SEEDS_DEFERRED = "model", "model-deferred"
+SEEDS = (SEEDS_AT_START, SEEDS_DEFERRED, "random")
 SEED_SAMPLES = 32             # samples per bag at most (n_candidates is the sampler's 100)
 CHOOSING_SHARE = 0.1          # of the time left after seeding, for polishing the finalists
 SEED_TOKENS = 96              # longest seed, in tokens (about the search's 32 nodes)
@@ -152,7 +153,7 @@ def run(problems: list[FitProblem], loaded: LoadedModel, settings: pipeline.Pipe
     seeds, deferred = None, None
     if settings.seeds == SEEDS_AT_START:
         seeds = seeder.at_start()
-    elif settings.seeds == SEEDS_AT_STALL and seeder.asked:
+    elif settings.seeds == SEEDS_DEFERRED and seeder.asked:
         deferred = seeder
     with clock.stage("search"):
         search_settings = _search_settings(settings, clock, loaded.max_features)
@@ -187,8 +188,9 @@ class ModelSeeder:
     too long for the search, while these keep the model's skeleton for refinement to fit).
     None for problems the model cannot read (``readable``) or with seeds="random".
 
-    Asked before the search (``at_start``, seeds="model-at-start") or by the search when a
-    problem first stalls (``__call__``, the search's ``Seeder``, seeds="model"); either
+    Asked before the search (``at_start``, seeds="model") or by the search for each problem
+    unsolved after its first generations (``__call__``, the search's ``Seeder``,
+    seeds="model-deferred"); either
     way decoding takes at most ``SEEDING_SHARE`` of max_time per call. The samples are
     neither scored nor refined here: the search scores them in one call and refines the
     best with its own compiled solver. ``counts`` and ``dropped`` record, per problem,
