@@ -317,7 +317,8 @@ def evolve(problems: Sequence[tuple], seeds: Sequence[Sequence[Expr]] | None = N
     if len(seeds) != len(problems):
         raise ValueError(f"got seeds for {len(seeds)} problems, expected {len(problems)}")
     if seeder is not None and not settings.proposal_every:
-        raise ValueError("a seeder is asked when a search stalls: set proposal_every > 0")
+        raise ValueError("a seeder is asked after proposal_every generations: set "
+                         "proposal_every > 0")
     rng = np.random.default_rng(settings.seed)
     clock = _Clock(settings)
     # From the start: the compiled calls are compiled inside (see ``cores``).
@@ -705,11 +706,12 @@ class _Search:
         s = self.settings
         self.stalls.update(population, generation)
         unsolved = self.stalls.best > 1.0 - s.target_r2
-        to_seed = np.flatnonzero(self.awaiting_seeds & unsolved) if generation >= s.proposal_every \
-            else np.zeros(0, int)
+        to_seed = np.flatnonzero(self.awaiting_seeds & unsolved
+                                 & (generation >= s.proposal_every))
         to_propose = self.stalls.stuck(generation)
         to_propose = to_propose[~self.awaiting_seeds[to_propose]]
-        if self.proposer is None or self.clock.proposing >= s.proposal_share * self.clock.elapsed():
+        out_of_share = self.clock.proposing >= s.proposal_share * self.clock.elapsed()
+        if self.proposer is None or out_of_share:
             to_propose = to_propose[:0]
         if not len(to_seed) and not len(to_propose):
             return population
