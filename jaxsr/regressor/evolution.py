@@ -34,12 +34,6 @@ SEARCH_ROWS = 256             # training rows the search scores candidates on, a
 RELATIVE_TOLERANCE = 0.05
 ABSOLUTE_TOLERANCE = 1e-10
 SEEDING_SHARE = 0.1           # of max_time, for sampling the seeds
-# When the model's seeds join the search (``seeds``): before it starts (the default), or
-# for each problem still unsolved after its first generations (then a problem that random
-# trees solve at once never waits for decoding; with the default model, measured no
-# better than at the start: the model card's ablation).
-SEEDS_AT_START, SEEDS_DEFERRED = "model", "model-deferred"
-SEEDS = (SEEDS_AT_START, SEEDS_DEFERRED, "random")
 SEED_SAMPLES = 32             # samples per bag at most (n_candidates is the sampler's 100)
 CHOOSING_SHARE = 0.1          # of the time left after seeding, for polishing the finalists
 SEED_TOKENS = 96              # longest seed, in tokens (about the search's 32 nodes)
@@ -61,6 +55,12 @@ PROBE_POINTS = 4096
 BLOW_UP = 100.0
 CALM_BAND = 10.0
 SOURCE_BASELINE = "baseline"
+# When the model's seeds join the search (``seeds``): before it starts (the default), or
+# for each problem still unsolved after its first generations (then a problem that random
+# trees solve at once never waits for decoding; with the default model, measured no
+# better than at the start: the model card's ablation).
+SEEDS_AT_START, SEEDS_DEFERRED = "model", "model-deferred"
+SEEDS = (SEEDS_AT_START, SEEDS_DEFERRED, "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,12 +186,13 @@ class ModelSeeder:
     skeleton) twice, in the user's units and as the model wrote them (formulas of the
     standardised features, read as formulas of the raw ones: the unscaled forms are often
     too long for the search, while these keep the model's skeleton for refinement to fit).
-    None for problems the model cannot read (``readable``) or with seeds="random".
+    No seeds (empty lists) for problems the model cannot read (``readable``), and none at
+    all with seeds="random".
 
     Asked before the search (``at_start``, seeds="model") or by the search for each problem
     unsolved after its first generations (``__call__``, the search's ``Seeder``,
-    seeds="model-deferred"); either
-    way decoding takes at most ``SEEDING_SHARE`` of max_time per call. The samples are
+    seeds="model-deferred"); either way decoding takes at most ``SEEDING_SHARE`` of
+    max_time per call. The samples are
     neither scored nor refined here: the search scores them in one call and refines the
     best with its own compiled solver. ``counts`` and ``dropped`` record, per problem,
     what was sampled and why sequences were dropped.
