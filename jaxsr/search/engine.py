@@ -812,9 +812,7 @@ class _Search:
         return front.take(np.argsort(front.problem, kind="stable"))
 
     def best_r2(self, archive: _Population) -> np.ndarray:
-        best = np.full(self.data.n_problems, np.inf)
-        np.minimum.at(best, archive.problem, archive.scores.nmse)
-        return 1.0 - best
+        return 1.0 - _best_errors(archive, self.data.n_problems)
 
     def record(self, generation: int, archive: _Population) -> dict:
         elapsed = self.clock.elapsed()
@@ -871,6 +869,7 @@ class _Stalls:
 
 
 def _best_errors(population: _Population, n_problems: int) -> np.ndarray:
+    """(n_problems,) the lowest error of each problem's rows (inf where it has none)."""
     best = np.full(n_problems, np.inf)
     np.minimum.at(best, population.problem, population.scores.nmse)
     return best
